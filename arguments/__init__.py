@@ -1,0 +1,104 @@
+"""Command-line options shared by train.py, render.py and metrics.py (3DGS's flag names).
+
+Options are grouped as in 3DGS: model/data, optimisation, pipeline. A trained model folder keeps
+its options in ``cfg_args.json`` so render.py can rebuild the same set-up (read as JSON, never
+evaluated).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+from utils.atomic import atomic_path
+
+DEMO_SOURCE = "demo"
+DEFAULT_ITERATIONS = 50_000
+DEMO_ITERATIONS = 3_000
+CONFIG_NAME = "cfg_args.json"
+
+
+def add_model_args(parser: argparse.ArgumentParser, source_required: bool = True) -> None:
+    g = parser.add_argument_group("model and data")
+    g.add_argument("-s", "--source_path", required=source_required, default=None,
+                   help="dataset folder in the STGA format, or 'demo' for the built-in synthetic "
+                        "head (generated on first use into ~/.cache/stga or $STGA_CACHE)")
+    g.add_argument("-m", "--model_path", default=None,
+                   help="output folder of the model (default: output/<dataset name>)")
+    g.add_argument("-r", "--resolution", type=float, default=-1,
+                   help="image scale: 1, 2, 4 or 8 divide the size by that factor; another "
+                        "positive number is a target width in pixels; -1 (default) keeps the full "
+                        "size up to 1600 pixels wide")
+    g.add_argument("-w", "--white_background", action="store_true",
+                   help="composite RGBA images onto white instead of black")
+    g.add_argument("--random_background", action="store_true",
+                   help="train on a random background colour per iteration (transparent regions "
+                        "then learn to stay transparent); evaluation uses the fixed background")
+    g.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
+                   help="hold out the test and val splits and report them at --test_iterations "
+                        "(default); --no-eval trains on every split")
+    g.add_argument("--sh_degree", type=int, default=3, choices=range(4),
+                   help="maximum spherical-harmonics degree of the colours (default 3)")
+    g.add_argument("--face_scale", action="store_true",
+                   help="multiply each Gaussian's local offset and scale by its face's size "
+                        "(GaussianAvatars' convention); off by default, as in STGA")
+    g.add_argument("--init_per_face", type=int, default=2,
+                   help="Gaussians per face when the dataset has no points3d.ply (default 2)")
+
+
+def add_optimization_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--iterations", type=int, default=None,
+                   help=f"training iterations (default {DEFAULT_ITERATIONS}; "
+                        f"{DEMO_ITERATIONS} for -s demo)")
+    g.add_argument("--position_lr_init", type=float, default=1.6e-4,
+                   help="initial position learning rate, times the scene extent (default 1.6e-4)")
+    g.add_argument("--position_lr_final", type=float, default=1.6e-6,
+                   help="final position learning rate, times the scene extent (default 1.6e-6)")
+    g.add_argument("--position_lr_max_steps", type=int, default=None,
+                   help="iterations over which the position rate decays (default: --iterations)")
+    g.add_argument("--feature_lr", type=float, default=2.5e-3,
+                   help="learning rate of the SH base colour; higher orders use 1/20 of it")
+    g.add_argument("--opacity_lr", type=float, default=0.05, help="opacity learning rate")
+    g.add_argument("--scaling_lr", type=float, default=5e-3, help="log-scale learning rate")
+    g.add_argument("--rotation_lr", type=float, default=1e-3, help="rotation learning rate")
+    g.add_argument("--lambda_dssim", type=float, default=0.2,
+                   help="weight of the D-SSIM term in the loss (1 - w) L1 + w (1 - SSIM)")
+    g.add_argument("--sh_up_every", type=int, default=1000,
+                   help="raise the active SH degree every this many iterations (default 1000)")
+
+
+def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("pipeline")
+    g.add_argument("--device", default=None,
+                   help="torch device (default: cuda when available, else cpu)")
+    g.add_argument("--backend", choices=("auto", "torch", "cuda"), default="auto",
+                   help="rasterizer backend: auto picks the CUDA extension for CUDA tensors")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--quiet", action="store_true", help="print only errors")
+
+
+def model_path_for(args: argparse.Namespace) -> Path:
+    if args.model_path:
+        return Path(args.model_path)
+    name = "demo" if args.source_path == DEMO_SOURCE else Path(args.source_path).resolve().name
+    return Path("output") / name
+
+
+def save_config(model_dir: Path, args: argparse.Namespace) -> None:
+    """Write the options of a run to ``<model>/cfg_args.json`` atomically."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    data = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list,
+                                                                     type(None)))}
+    with atomic_path(model_dir / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
+
+
+def load_config(model_dir: Path) -> Dict[str, Any]:
+    """Options a model was trained with; a clear error when the folder is not a model."""
+    path = Path(model_dir) / CONFIG_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found; is {model_dir} a folder written by train.py?")
+    with open(path) as f:
+        return json.load(f)
