@@ -67,6 +67,50 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> None:
                    help="weight of the D-SSIM term in the loss (1 - w) L1 + w (1 - SSIM)")
     g.add_argument("--sh_up_every", type=int, default=1000,
                    help="raise the active SH degree every this many iterations (default 1000)")
+    g.add_argument("--lambda_xyz", type=float, default=0.01,
+                   help="weight of the position regulariser relu(|mu_local| - threshold_xyz)")
+    g.add_argument("--threshold_xyz", type=float, default=1.0,
+                   help="position threshold in units of the mean face size (default 1.0)")
+    g.add_argument("--lambda_scale", type=float, default=1.0,
+                   help="weight of the scale regulariser relu(scale - threshold_scale)")
+    g.add_argument("--threshold_scale", type=float, default=0.6,
+                   help="scale threshold in units of the mean face size (default 0.6)")
+
+    s = parser.add_argument_group("selective training (STGA)")
+    s.add_argument("--selection", choices=("paper", "none"), default="paper",
+                   help="paper: in selective steps only the Gaussians of the frame's "
+                        "training_faces are optimised, the rest are frozen; none: all Gaussians "
+                        "train at every step (the ablation / GaussianAvatars-style baseline)")
+    s.add_argument("--order", choices=("frames", "random"), default="frames",
+                   help="frames: after the warm-up, visit frames in shuffled order and train all "
+                        "views of a frame before the next (STGA); random: one random training "
+                        "image per iteration (3DGS)")
+    s.add_argument("--global_warmup", type=int, default=None,
+                   help="iterations of global warm-up (random views, all Gaussians trainable) "
+                        "before selective training (default: 10%% of --iterations)")
+    s.add_argument("--global_every", type=int, default=20,
+                   help="every this many frames, a frame is trained with all Gaussians "
+                        "(global refinement; default 20)")
+
+    d = parser.add_argument_group("densification (3DGS adaptive density control)")
+    d.add_argument("--densify", action=argparse.BooleanOptionalAction, default=True,
+                   help="clone/split Gaussians with large view-space gradients and prune faint "
+                        "ones; new Gaussians inherit their parent's face (default on)")
+    d.add_argument("--densify_from_iter", type=int, default=500,
+                   help="first iteration of densification (default 500)")
+    d.add_argument("--densify_until_iter", type=int, default=None,
+                   help="last iteration of densification (default: half of --iterations)")
+    d.add_argument("--densification_interval", type=int, default=100,
+                   help="densify every this many iterations (default 100)")
+    d.add_argument("--opacity_reset_interval", type=int, default=3000,
+                   help="reset opacities to 0.01 every this many iterations while densifying")
+    d.add_argument("--densify_grad_threshold", type=float, default=2e-4,
+                   help="mean view-space (NDC) gradient norm above which a Gaussian densifies")
+    d.add_argument("--percent_dense", type=float, default=0.01,
+                   help="Gaussians larger than this fraction of the scene extent are split, "
+                        "smaller ones cloned (default 0.01)")
+    d.add_argument("--min_opacity", type=float, default=0.005,
+                   help="Gaussians fainter than this are pruned (never a face's last one)")
 
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:

@@ -64,7 +64,30 @@ class GaussianModel:
         return self.binding.device
 
     def _set_params(self, values: Dict[str, torch.Tensor]) -> None:
-        self.params = {n: values[n].detach().clone().requires_grad_(True) for n in PARAM_NAMES}
+        # Updated in place: the optimiser holds this same dict.
+        self.params.clear()
+        self.params.update({n: values[n].detach().clone().requires_grad_(True)
+                            for n in PARAM_NAMES})
+
+    @torch.no_grad()
+    def edit_rows(self, keep: torch.Tensor, new: Optional[Dict[str, torch.Tensor]] = None,
+                  new_binding: Optional[torch.Tensor] = None) -> None:
+        """Keep the rows where ``keep`` is True, then append ``new`` rows (densification)."""
+        values = {n: self.params[n].detach()[keep] for n in PARAM_NAMES}
+        binding = self.binding[keep]
+        if new is not None:
+            values = {n: torch.cat([values[n], new[n]]) for n in PARAM_NAMES}
+            binding = torch.cat([binding, new_binding])
+        self.binding = binding
+        self._set_params(values)
+
+    def trainable_rows(self, faces: Optional[torch.Tensor], num_faces: int) -> Optional[torch.Tensor]:
+        """Row indices of the Gaussians bound to ``faces`` (None: every row trains)."""
+        if faces is None:
+            return None
+        face_mask = torch.zeros(num_faces, dtype=torch.bool, device=self.device)
+        face_mask[faces.to(self.device)] = True
+        return torch.nonzero(face_mask[self.binding]).squeeze(1)
 
     def create_from_points(self, points: InitialPoints, frames: FaceFrames,
                            device: torch.device) -> None:
@@ -100,9 +123,18 @@ class GaussianModel:
         })
 
     # --- posing ------------------------------------------------------------------------------
-    def world(self, frames: FaceFrames) -> WorldGaussians:
-        """Pose the Gaussians with one frame's face frames (differentiable in the parameters)."""
+    def world(self, frames: FaceFrames, trainable: Optional[torch.Tensor] = None) -> WorldGaussians:
+        """Pose the Gaussians with one frame's face frames.
+
+        Differentiable in the parameters; with ``trainable`` (row indices), only those rows get
+        a gradient: the others are rendered with their current values as constants.
+        """
         p, b = self.params, self.binding
+        if trainable is not None:
+            mask = torch.zeros(b.numel(), dtype=torch.bool, device=b.device)
+            mask[trainable] = True
+            p = {n: torch.where(mask.view((-1,) + (1,) * (t.dim() - 1)), t, t.detach())
+                 for n, t in p.items()}
         xyz = local_to_world_positions(p["xyz"], b, frames, self.face_scale)
         scales = torch.exp(p["scaling"])
         if self.face_scale:
