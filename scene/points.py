@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Tuple
 
 import numpy as np
 import torch
@@ -54,18 +54,31 @@ def read_points3d(path: Path, num_faces: int) -> InitialPoints:
     return InitialPoints(local, face, np.clip(rgb, 0.0, 1.0))
 
 
+def random_barycentrics(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, 3) barycentric coordinates uniform over a triangle's area."""
+    r1, r2 = rng.random(n), rng.random(n)
+    s = np.sqrt(r1)
+    return np.stack([1.0 - s, s * (1.0 - r2), s * r2], -1)
+
+
+def points_on_faces(triangles: np.ndarray, per_face: int, rng: np.random.Generator
+                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``per_face`` uniform random points on every face of a (F, 3, 3) soup.
+
+    Returns face ids (N,), barycentrics (N, 3), world positions (N, 3) and positions in the
+    face's local frame (N, 3), all float64 but the ids.
+    """
+    tris = np.asarray(triangles, dtype=np.float64)
+    face = np.repeat(np.arange(tris.shape[0]), per_face)
+    bary = random_barycentrics(rng, face.size)
+    world = np.einsum("nk,nkc->nc", bary, tris[face])
+    frames = face_frames(torch.from_numpy(tris))
+    local = world_to_local_positions(torch.from_numpy(world), torch.from_numpy(face), frames)
+    return face, bary, world, local.numpy()
+
+
 def random_points_on_faces(triangles: np.ndarray, per_face: int, seed: int = 0) -> InitialPoints:
-    """``per_face`` grey points per face at uniformly random barycentric positions."""
-    rng = np.random.default_rng(seed)
-    num_faces = triangles.shape[0]
-    face = np.repeat(np.arange(num_faces), per_face)
-    u, v = rng.random((2, face.size))
-    flip = u + v > 1.0
-    u[flip], v[flip] = 1.0 - u[flip], 1.0 - v[flip]
-    tri = torch.from_numpy(triangles[face].astype(np.float64))
-    u, v = torch.from_numpy(u)[:, None], torch.from_numpy(v)[:, None]
-    world = tri[:, 0] + u * (tri[:, 1] - tri[:, 0]) + v * (tri[:, 2] - tri[:, 0])
-    frames = face_frames(torch.from_numpy(triangles.astype(np.float64)))
-    local = world_to_local_positions(world, torch.from_numpy(face), frames).numpy()
+    """``per_face`` grey points per face at uniformly random positions (no points3d.ply)."""
+    face, _, _, local = points_on_faces(triangles, per_face, np.random.default_rng(seed))
     rgb = np.full((face.size, 3), 0.5, dtype=np.float32)
     return InitialPoints(local.astype(np.float32), face, rgb)

@@ -1,0 +1,188 @@
+"""Write the demo head as a complete STGA dataset, and keep a cached copy for ``-s demo``.
+
+Layout written (see the STGA data format): ``transforms_{train,test,val}.json``, ``images/`` (RGBA
+PNG, alpha = coverage), ``regions/`` (uint8 labels 0 background, 1 skin/other, 2 mouth, 3 eyes, one
+per image, same stem), ``meshes/mesh_XXXX.json``, ``training_faces/XXXX.npy`` (from the selection
+module, on all keyframes), ``points3d.ply`` (two points per face at the first training keyframe)
+and ``demo_info.json`` (how it was made). Everything is a pure function of the arguments: two runs
+give the same bytes. The dataset is assembled in a temporary folder beside the target and renamed
+into place at the end, so a reader never sees half a dataset.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from scene.demo_head.points import write_points_ply
+from scene.points import points_on_faces
+from scene.demo_head.scene import DemoScene, build_demo_scene
+
+FORMAT_VERSION = 1
+POINTS_PER_FACE = 2
+CACHE_ENV = "STGA_CACHE"
+
+
+def image_name(keyframe: int, camera: int) -> str:
+    """Image file stem for a keyframe seen by a camera."""
+    return f"{keyframe:05d}_{camera:02d}"
+
+
+def _json_list(a: np.ndarray) -> list:
+    return np.asarray(a, np.float64).tolist()
+
+
+def _write_meshes(scene: DemoScene, folder: Path) -> None:
+    folder.mkdir()
+    meshes = scene.meshes
+    for k in scene.keyframes:
+        tris = [{"Vertices": t} for t in meshes[k].tolist()]
+        (folder / f"mesh_{k:04d}.json").write_text(json.dumps({"triangles": tris},
+                                                              separators=(",", ":")))
+
+
+def _render_all(scene: DemoScene, root: Path, supersample: int, progress: bool) -> None:
+    train_cams = scene.train_cameras
+    jobs = [(int(k), c) for k in scene.train_keyframes for c in scene.cameras]
+    jobs += [(int(k), c) for k in scene.test_keyframes for c in train_cams]
+    jobs.sort(key=lambda j: (j[0], j[1].index))
+    (root / "images").mkdir()
+    (root / "regions").mkdir()
+    for k, cam in tqdm(jobs, desc="demo head: rendering", unit="img", disable=not progress):
+        out = scene.render(k, cam, supersample)
+        rgba = np.round(out.rgba * 255.0).astype(np.uint8)
+        stem = image_name(k, cam.index)
+        if not cv2.imwrite(str(root / "images" / f"{stem}.png"), rgba[..., [2, 1, 0, 3]]):
+            raise OSError(f"could not write {root / 'images' / (stem + '.png')}")
+        cv2.imwrite(str(root / "regions" / f"{stem}.png"), out.region)
+
+
+def _frame(keyframe: int, cam) -> dict:
+    return {"keyframe": int(keyframe), "camera_index": int(cam.index),
+            "file_path": f"images/{image_name(keyframe, cam.index)}.png",
+            "transform_matrix": _json_list(cam.c2w_gl), "K": _json_list(cam.K),
+            "w": int(cam.width), "h": int(cam.height)}
+
+
+def _write_transforms(scene: DemoScene, root: Path) -> None:
+    splits = {
+        "train": [_frame(k, c) for k in scene.train_keyframes for c in scene.train_cameras],
+        "test": [_frame(k, c) for k in scene.test_keyframes for c in scene.train_cameras],
+        "val": [_frame(k, scene.val_camera) for k in scene.train_keyframes],
+    }
+    for name, frames in splits.items():   # one frame per line: compact yet easy to read
+        body = ",\n  ".join(json.dumps(f) for f in frames)
+        (root / f"transforms_{name}.json").write_text(f'{{"frames": [\n  {body}\n]}}\n')
+
+
+def _write_points(scene: DemoScene, root: Path) -> None:
+    first = int(scene.train_keyframes[0])
+    rng = np.random.default_rng([scene.seed, 1])
+    face, bary, _, local = points_on_faces(scene.meshes[first], POINTS_PER_FACE, rng)
+    rgb = np.round(scene.surface_colour(face, bary) * 255.0).astype(np.uint8)
+    write_points_ply(root / "points3d.ply", local, face, rgb)
+
+
+def _write_selection(scene: DemoScene, root: Path, progress: bool) -> None:
+    from selection import compute_selection   # the project's selection strategy (spec section 4)
+
+    result = compute_selection(scene.meshes)
+    folder = root / "training_faces"
+    folder.mkdir()
+    for k in scene.keyframes:
+        np.save(folder / f"{k:04d}.npy", np.asarray(result.faces[k], np.int32))
+    if progress:
+        f = np.asarray(result.fractions)
+        print(f"demo head: selection (reference keyframe {result.reference}) trains "
+              f"{f.min():.1%} / {np.median(f):.1%} / {f.max():.1%} of the faces "
+              f"(min / median / max over keyframes)")
+
+
+def _write_info(scene: DemoScene, root: Path, config: dict) -> None:
+    info = {
+        "format_version": FORMAT_VERSION, "config": config,
+        "faces": int(scene.mesh.num_faces),
+        "train_keyframes": scene.train_keyframes.tolist(),
+        "test_keyframes": scene.test_keyframes.tolist(),
+        "val_camera": int(scene.val_camera.index),
+        "regions": {"0": "background", "1": "skin/other", "2": "mouth", "3": "eyes"},
+        "expressions": [{"keyframe": k, "jaw": round(e.jaw, 6), "blink": round(e.blink, 6),
+                         "smile": round(e.smile, 6)} for k, e in enumerate(scene.expressions)],
+    }
+    (root / "demo_info.json").write_text(json.dumps(info, indent=1))
+
+
+def write_demo_dataset(out_dir: Path, seed: int = 0, width: int = 128, height: int = 160,
+                       n_train_frames: int = 24, n_test_frames: int = 6, n_cameras: int = 8,
+                       supersample: int = 3, texture_size: int = 1024, progress: bool = True,
+                       overwrite: bool = False) -> Path:
+    """Generate the demo dataset into ``out_dir`` (atomically) and return its path.
+
+    Raises FileExistsError if ``out_dir`` exists, unless ``overwrite``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists")
+    config = {"seed": seed, "width": width, "height": height, "n_train_frames": n_train_frames,
+              "n_test_frames": n_test_frames, "n_cameras": n_cameras,
+              "supersample": supersample, "texture_size": texture_size}
+    scene = build_demo_scene(seed=seed, width=width, height=height, n_train_frames=n_train_frames,
+                             n_test_frames=n_test_frames, n_cameras=n_cameras,
+                             texture_size=texture_size)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _write_meshes(scene, tmp / "meshes")
+        _render_all(scene, tmp, supersample, progress)
+        _write_transforms(scene, tmp)
+        _write_points(scene, tmp)
+        _write_selection(scene, tmp, progress)
+        _write_info(scene, tmp, config)
+        if out_dir.exists():   # overwrite: move the old one aside first, drop it afterwards
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out_dir, old)
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def default_cache_dir() -> Path:
+    """``$STGA_CACHE`` if set, else ``~/.cache/stga``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "stga"
+
+
+def demo_dataset_path(cache_dir: Path | None = None, seed: int = 0) -> Path:
+    """Where the cached demo for ``seed`` lives (the folder name carries the format version, so a
+    format change never reuses an old cache)."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / f"demo_head_v{FORMAT_VERSION}_seed{seed}"
+
+
+def ensure_demo_dataset(cache_dir: Path | None = None, seed: int = 0) -> Path:
+    """Path of the cached demo dataset, generated on first use (default configuration)."""
+    path = demo_dataset_path(cache_dir, seed)
+    if (path / "transforms_train.json").is_file():
+        return path
+    print(f"demo head: generating the synthetic dataset into {path} (first use)")
+    try:
+        return write_demo_dataset(path, seed=seed)
+    except (FileExistsError, OSError):
+        # another process finished first (its rename won), or a stale incomplete folder is there
+        if (path / "transforms_train.json").is_file():
+            return path
+        if path.exists():
+            return write_demo_dataset(path, seed=seed, overwrite=True)
+        raise
