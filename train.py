@@ -1,0 +1,333 @@
+"""Train an STGA head avatar: Gaussians bound to a tracked mesh, fitted to multi-view video.
+
+    python train.py -s <dataset or 'demo'> -m <model folder>
+
+Writes ``<model>/point_cloud/iteration_N/point_cloud.ply`` at --save_iterations and at the end,
+``<model>/chkpnt<N>.pth`` at --checkpoint_iterations (and on Ctrl-C), and prints test/val PSNR
+and SSIM at --test_iterations.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from arguments import (DEFAULT_ITERATIONS, DEMO_ITERATIONS, DEMO_SOURCE, add_model_args,
+                       add_optimization_args, add_pipeline_args, model_path_for, save_config)
+from gaussian_renderer import render
+from scene import resolve_source
+from scene.binding import face_frames
+from scene.dataset import StgaDataset, load_dataset
+from scene.densify import DensityController
+from scene.errors import DatasetError
+from scene.gaussian_model import GaussianModel
+from scene.points import random_points_on_faces, read_points3d
+from scene.schedule import TrainingSchedule
+from utils.atomic import atomic_path
+from utils.image_metrics import psnr, ssim
+from utils.loss import photometric_loss
+from utils.selective_adam import SelectiveAdam
+
+CHECKPOINT_VERSION = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train an STGA head avatar (3D Gaussians bound to a tracked mesh).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_args(parser)
+    add_optimization_args(parser)
+    add_pipeline_args(parser)
+    g = parser.add_argument_group("run")
+    g.add_argument("--test_iterations", nargs="+", type=int, default=[7_000, 30_000],
+                   help="iterations at which the test and val splits are rendered and scored "
+                        "(the last iteration is always scored)")
+    g.add_argument("--save_iterations", nargs="+", type=int, default=[7_000, 30_000],
+                   help="iterations at which the model PLY is saved (the last is always saved)")
+    g.add_argument("--checkpoint_iterations", nargs="+", type=int, default=[],
+                   help="iterations at which a resumable checkpoint chkpnt<N>.pth is written")
+    g.add_argument("--start_checkpoint", default=None,
+                   help="resume from this checkpoint (parameters, optimiser, schedule, RNG)")
+    return parser
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    if args.iterations is None:
+        args.iterations = DEMO_ITERATIONS if args.source_path == DEMO_SOURCE else DEFAULT_ITERATIONS
+    if args.position_lr_max_steps is None:
+        args.position_lr_max_steps = args.iterations
+    if args.global_warmup is None:
+        args.global_warmup = args.iterations // 10
+    if args.densify_until_iter is None:
+        args.densify_until_iter = args.iterations // 2
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def position_lr(args: argparse.Namespace, iteration: int, extent: float) -> float:
+    """Log-linear decay from position_lr_init to position_lr_final (times the scene extent)."""
+    t = min(max(iteration / max(args.position_lr_max_steps, 1), 0.0), 1.0)
+    log_lr = (1 - t) * np.log(args.position_lr_init) + t * np.log(args.position_lr_final)
+    return float(np.exp(log_lr)) * extent
+
+
+def scene_extent(dataset: StgaDataset) -> float:
+    """Radius of the training cameras' bounding sphere times 1.1 (3DGS's spatial lr scale)."""
+    centres = np.stack([c.center for c in dataset.splits["train"]])
+    radius = np.linalg.norm(centres - centres.mean(0), axis=1).max()
+    return float(max(radius, 1e-3) * 1.1)
+
+
+class Trainer:
+    """One training run: data, model, optimiser, schedule and the iteration loop."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.device = torch.device(args.device)
+        self.model_dir = model_path_for(args)
+        self.log = (lambda *a: None) if args.quiet else print
+        source = resolve_source(args.source_path)
+        self.dataset = load_dataset(source, resolution=args.resolution, quiet=args.quiet,
+                                    require_training_faces=args.selection == "paper")
+        if not args.eval:
+            for split in ("test", "val"):
+                self.dataset.splits["train"] += self.dataset.splits.pop(split, [])
+        self.train_cameras = self.dataset.splits["train"]
+        self.meshes = torch.from_numpy(self.dataset.meshes).to(self.device)
+        self.reference_keyframe = self.train_cameras[0].keyframe
+        self.extent = scene_extent(self.dataset)
+        self.background = torch.tensor([1.0, 1.0, 1.0] if args.white_background else [0.0] * 3,
+                                       device=self.device)
+        torch.manual_seed(args.seed)
+        self.generator = torch.Generator().manual_seed(args.seed)
+        self.schedule = TrainingSchedule(
+            self.train_cameras,
+            self.dataset.training_faces if args.selection == "paper" else None,
+            self.generator, order=args.order, global_warmup=args.global_warmup,
+            global_every=args.global_every)
+        reference = self.frames(self.reference_keyframe)
+        self.face_size = reference.size
+        self.mean_face_size = float(reference.size.mean())
+        self.model = GaussianModel(args.sh_degree, args.face_scale)
+        self.first_iteration = 1
+        if args.start_checkpoint:
+            self._restore(Path(args.start_checkpoint))
+        else:
+            self._initialise()
+        self.stop_requested = False
+
+    # --- set-up ------------------------------------------------------------------------------
+    def frames(self, keyframe: int):
+        return face_frames(self.meshes[self.dataset.mesh_row(keyframe)])
+
+    def _initialise(self) -> None:
+        ds = self.dataset
+        if ds.points_path is not None:
+            points = read_points3d(ds.points_path, ds.num_faces)
+            origin = f"{ds.points_path.name}"
+        else:
+            tri = ds.meshes[ds.mesh_row(self.reference_keyframe)]
+            points = random_points_on_faces(tri, self.args.init_per_face, seed=self.args.seed)
+            origin = f"{self.args.init_per_face} random points per face"
+        self.model.create_from_points(points, self.frames(self.reference_keyframe), self.device)
+        self.optimizer = self._make_optimizer()
+        self.density = DensityController(self.model)
+        self.log(f"Initialised {self.model.num_gaussians} Gaussians from {origin} on "
+                 f"{ds.num_faces} faces")
+
+    def _make_optimizer(self) -> SelectiveAdam:
+        a = self.args
+        lrs = {"xyz": a.position_lr_init * self.extent, "f_dc": a.feature_lr,
+               "f_rest": a.feature_lr / 20.0, "opacity": a.opacity_lr, "scaling": a.scaling_lr,
+               "rotation": a.rotation_lr}
+        return SelectiveAdam(self.model.params, lrs, eps=1e-15)
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def checkpoint_path(self, iteration: int) -> Path:
+        return self.model_dir / f"chkpnt{iteration}.pth"
+
+    def save_checkpoint(self, iteration: int) -> Path:
+        state = {
+            "version": CHECKPOINT_VERSION, "iteration": iteration,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(), "generator": self.generator.get_state(),
+            "density": {"grad_accum": self.density.grad_accum, "denom": self.density.denom},
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+        }
+        path = self.checkpoint_path(iteration)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        return path
+
+    def _restore(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: checkpoint file is missing") from None
+        except Exception as exc:
+            raise DatasetError(f"{path}: not a readable checkpoint ({exc})") from None
+        if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+            raise DatasetError(f"{path}: not an STGA checkpoint of version {CHECKPOINT_VERSION}")
+        self.model.load_state_dict(state["model"], self.device)
+        if int(self.model.binding.max()) >= self.dataset.num_faces:
+            raise DatasetError(f"{path}: binds Gaussians to faces the dataset's meshes lack")
+        self.optimizer = self._make_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.density = DensityController(self.model)
+        self.density.grad_accum = state["density"]["grad_accum"].to(self.device)
+        self.density.denom = state["density"]["denom"].to(self.device)
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        self.first_iteration = int(state["iteration"]) + 1
+        self.log(f"Resumed from {path} at iteration {state['iteration']}")
+
+    # --- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, iteration: int) -> Dict[str, Dict[str, float]]:
+        results = {}
+        for split in ("test", "val"):
+            cameras = self.dataset.splits.get(split) or []
+            if not cameras:
+                continue
+            scores = []
+            for cam in cameras:
+                world = self.model.world(self.frames(cam.keyframe))
+                image = render(cam, world, self.background, backend=self.args.backend)["render"]
+                gt = cam.gt_image(self.background)
+                image = image.clamp(0, 1)
+                scores.append(torch.stack([psnr(image, gt), ssim(image, gt)]))
+            mean = torch.stack(scores).mean(0).tolist()
+            results[split] = {"PSNR": mean[0], "SSIM": mean[1]}
+            self.log(f"\n[ITER {iteration}] {split}: PSNR {mean[0]:.2f} dB, SSIM {mean[1]:.4f} "
+                     f"({len(cameras)} images)")
+        return results
+
+    def save_model(self, iteration: int) -> Path:
+        path = self.model_dir / "point_cloud" / f"iteration_{iteration}" / "point_cloud.ply"
+        self.model.save_ply(path, self.frames(self.reference_keyframe), self.reference_keyframe)
+        return path
+
+    # --- the loop ----------------------------------------------------------------------------
+    def regularisation(self, rows: Optional[torch.Tensor]) -> torch.Tensor:
+        """GaussianAvatars' position and scale regularisers on the trainable Gaussians.
+
+        Thresholds are in units of the mean face size (in face units under --face_scale), so
+        they act whatever the scene's units are.
+        """
+        a, p = self.args, self.model.params
+        xyz, scaling = p["xyz"], p["scaling"]
+        if rows is not None:
+            xyz, scaling = xyz[rows], scaling[rows]
+        unit = 1.0 if self.model.face_scale else self.mean_face_size
+        loss = xyz.new_zeros(())
+        if a.lambda_xyz > 0:
+            loss = loss + a.lambda_xyz * F.relu(xyz.norm(dim=1) - a.threshold_xyz * unit).mean()
+        if a.lambda_scale > 0:
+            excess = F.relu(torch.exp(scaling) - a.threshold_scale * unit)
+            loss = loss + a.lambda_scale * excess.norm(dim=1).mean()
+        return loss
+
+    def train_step(self, iteration: int) -> Optional[torch.Tensor]:
+        """One iteration; returns the loss, or None when the step's selection is empty."""
+        a = self.args
+        self.optimizer.lrs["xyz"] = position_lr(a, iteration, self.extent)
+        if iteration % a.sh_up_every == 0:
+            self.model.one_up_sh_degree()
+        step = self.schedule.next()
+        rows = self.model.trainable_rows(step.faces, self.dataset.num_faces)
+        loss = None
+        if rows is None or rows.numel() > 0:
+            camera = step.camera
+            world = self.model.world(self.frames(camera.keyframe), rows)
+            if a.random_background:
+                background = torch.rand(3, generator=self.generator).to(self.device)
+            else:
+                background = self.background
+            out = render(camera, world, background, backend=a.backend)
+            loss = photometric_loss(out["render"], camera.gt_image(background), a.lambda_dssim)
+            loss = loss + self.regularisation(rows)
+            loss.backward()
+            densifying = a.densify and iteration < a.densify_until_iter
+            if densifying:
+                self.density.accumulate(out["viewspace_points"].grad, out["visibility_filter"],
+                                        rows)
+            self.optimizer.step(rows)
+            self.optimizer.zero_grad()
+            loss = loss.detach()
+        if a.densify and iteration < a.densify_until_iter:
+            if iteration > a.densify_from_iter and iteration % a.densification_interval == 0:
+                self.density.densify_and_prune(
+                    self.model, self.optimizer, a.densify_grad_threshold, a.min_opacity,
+                    a.percent_dense * self.extent, self.face_size, self.generator)
+            if iteration % a.opacity_reset_interval == 0 or (
+                    a.white_background and iteration == a.densify_from_iter):
+                self.density.reset_opacity(self.model, self.optimizer)
+        return loss
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
+    def run(self) -> None:
+        a = self.args
+        save_config(self.model_dir, a)
+        last = a.iterations
+        tests = set(a.test_iterations) | {last}
+        saves = set(a.save_iterations) | {last}
+        checkpoints = set(a.checkpoint_iterations)
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        bar = tqdm(range(self.first_iteration, last + 1), desc="Training", disable=a.quiet,
+                   initial=self.first_iteration - 1, total=last, dynamic_ncols=True)
+        ema, start = None, time.time()
+        try:
+            for iteration in bar:
+                loss = self.train_step(iteration)
+                if loss is not None and (iteration % 10 == 0 or iteration == last):
+                    value = loss.item()
+                    ema = value if ema is None else 0.6 * value + 0.4 * ema
+                    bar.set_postfix(loss=f"{ema:.4f}", n=self.model.num_gaussians)
+                if iteration in tests:
+                    self.evaluate(iteration)
+                if iteration in saves:
+                    self.log(f"\n[ITER {iteration}] Saved {self.save_model(iteration)}")
+                if iteration in checkpoints:
+                    self.log(f"\n[ITER {iteration}] Checkpoint {self.save_checkpoint(iteration)}")
+                if self.stop_requested:
+                    path = self.save_checkpoint(iteration)
+                    bar.close()
+                    print(f"\nInterrupted at iteration {iteration}; checkpoint written to {path}. "
+                          f"Resume with --start_checkpoint {path}", file=sys.stderr)
+                    raise SystemExit(130)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            bar.close()
+        self.log(f"Training done in {time.time() - start:.1f} s; model in {self.model_dir}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = resolve_defaults(build_parser().parse_args(argv))
+    try:
+        trainer = Trainer(args)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    trainer.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
