@@ -8,6 +8,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+# the submodule packages, importable from the working tree whether installed or not
+for _sub in ("diff-gaussian-rasterization", "simple-knn"):
+    _path = os.path.join(ROOT, "submodules", _sub)
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 
 def pytest_collection_modifyitems(config, items):
