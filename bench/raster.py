@@ -1,0 +1,250 @@
+"""Benchmark of the CUDA rasterizer against gsplat 1.5.3 on a synthetic head.
+
+Scene: N Gaussians on a head-sized ellipsoid shell (semi-axes 0.08, 0.11, 0.095 m, radial jitter
+4%), 90% with scales around 1.2 mm and 10% around 4 mm (log-normal, sigma 0.4 per axis), random
+rotations, opacity sigmoid(N(1, 1.5)), SH degree 3 with small random coefficients. Camera 1 m from
+the centre looking at it, tan(fovy/2) = 0.2, tanfovx from the aspect, black background.
+
+For each (N, image) case: forward, and forward + backward of mean(image^2); the median of
+``--iters`` (>= 30) calls after ``--warmup`` calls, each timed with CUDA events from an idle GPU
+(so CPU launch overhead counts), and the peak memory above the inputs
+(``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated before). gsplat
+(``gsplat.rasterization``, same camera, ``sh_degree=3``, ``packed=False``) is timed in the same
+run on the same scene; its absence is reported, not fatal.
+
+    python bench/raster.py [--cases 100000x802x550,300000x1604x1100] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUB = os.path.join(ROOT, "submodules", "diff-gaussian-rasterization")
+if SUB not in sys.path:
+    sys.path.insert(0, SUB)
+
+from diff_gaussian_rasterization import GaussianRasterizationSettings, rasterize_gaussians  # noqa: E402
+
+DEFAULT_CASES = "100000x802x550,100000x1604x1100,300000x802x550,300000x1604x1100"
+TAN_FOVY = 0.2
+SH_DEGREE = 3
+
+
+def head_scene(n: int, seed: int = 0, device: str = "cuda") -> dict:
+    """The benchmark Gaussians (float32, on `device`)."""
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randn(n, 3, generator=g)
+    d = d / d.norm(dim=1, keepdim=True)
+    axes = torch.tensor([0.08, 0.11, 0.095])
+    radial = 1.0 + 0.04 * torch.randn(n, 1, generator=g)
+    means = d * axes * radial
+    big = torch.rand(n, generator=g) < 0.1
+    base = torch.where(big, torch.tensor(4e-3), torch.tensor(1.2e-3))
+    scales = base[:, None] * torch.exp(0.4 * torch.randn(n, 3, generator=g))
+    quats = torch.randn(n, 4, generator=g)
+    quats = quats / quats.norm(dim=1, keepdim=True)
+    opacities = torch.sigmoid(1.0 + 1.5 * torch.randn(n, 1, generator=g))
+    shs = torch.randn(n, 16, 3, generator=g) * 0.05
+    shs[:, 0] = torch.randn(n, 3, generator=g) * 0.5
+    out = dict(means=means, scales=scales, quats=quats, opacities=opacities, shs=shs)
+    return {k: v.to(device).contiguous() for k, v in out.items()}
+
+
+def camera(width: int, height: int, device: str = "cuda"):
+    """Settings for our rasterizer and (viewmats, Ks) for gsplat: camera at z = -1, looking +z."""
+    tany = TAN_FOVY
+    tanx = tany * width / height
+    w2v = torch.eye(4, dtype=torch.float64)
+    w2v[2, 3] = 1.0
+    znear, zfar = 0.01, 100.0
+    proj = torch.zeros(4, 4, dtype=torch.float64)
+    proj[0, 0], proj[1, 1] = 1.0 / tanx, 1.0 / tany
+    proj[2, 2], proj[2, 3] = zfar / (zfar - znear), -zfar * znear / (zfar - znear)
+    proj[3, 2] = 1.0
+    f32 = lambda t: t.to(device=device, dtype=torch.float32).contiguous()
+    settings = GaussianRasterizationSettings(
+        image_height=height, image_width=width, tanfovx=tanx, tanfovy=tany,
+        bg=torch.zeros(3, device=device), scale_modifier=1.0, viewmatrix=f32(w2v.T),
+        projmatrix=f32((proj @ w2v).T), sh_degree=SH_DEGREE,
+        campos=torch.tensor([0.0, 0.0, -1.0], device=device), prefiltered=False, debug=False)
+    fx = width / (2 * tanx)
+    fy = height / (2 * tany)
+    K = torch.tensor([[fx, 0, width / 2], [0, fy, height / 2], [0, 0, 1]], dtype=torch.float32)
+    return settings, f32(w2v)[None], K[None].to(device)
+
+
+def ours_fn(scene, settings, backward: bool):
+    leaves = {k: v.detach().requires_grad_(backward) for k, v in scene.items()}
+    means2D = torch.zeros_like(scene["means"], requires_grad=backward)
+
+    def run():
+        img, _ = rasterize_gaussians(settings, leaves["means"], means2D, leaves["opacities"],
+                                     shs=leaves["shs"], scales=leaves["scales"],
+                                     rotations=leaves["quats"], backend="cuda")
+        if backward:
+            (img * img).mean().backward()
+        return img
+
+    def reset():
+        for t in list(leaves.values()) + [means2D]:
+            t.grad = None
+    return run, reset
+
+
+def gsplat_fn(scene, viewmats, Ks, width, height, backward: bool):
+    from gsplat import rasterization
+
+    leaves = {k: v.detach().requires_grad_(backward) for k, v in scene.items()}
+
+    def run():
+        img, _, _ = rasterization(leaves["means"], leaves["quats"], leaves["scales"],
+                                  leaves["opacities"][:, 0], leaves["shs"], viewmats, Ks, width,
+                                  height, sh_degree=SH_DEGREE, packed=False)
+        img = img[0].permute(2, 0, 1)
+        if backward:
+            (img * img).mean().backward()
+        return img
+
+    def reset():
+        for t in leaves.values():
+            t.grad = None
+    return run, reset
+
+
+def measure(run, reset, warmup: int, iters: int):
+    """(median ms, all ms, peak bytes above what was allocated before)."""
+    for _ in range(warmup):
+        reset()
+        run()
+    torch.cuda.synchronize()
+    reset()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(iters):
+        reset()
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    reset()
+    peak = torch.cuda.max_memory_allocated() - base
+    return statistics.median(times), times, peak
+
+
+def profile(cases: str, iters: int = 20):
+    """Per-kernel GPU times of our forward+backward (torch.profiler), one table per case."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    for case in cases.split(","):
+        n, w, h = (int(v) for v in case.lower().split("x"))
+        scene = head_scene(n)
+        settings = camera(w, h)[0]
+        run, reset = ours_fn(scene, settings, True)
+        for _ in range(5):
+            reset()
+            run()
+        torch.cuda.synchronize()
+        with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(iters):
+                reset()
+                run()
+            torch.cuda.synchronize()
+        print(f"\n### profile {n} Gaussians, {w}x{h}, forward+backward, {iters} calls")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--cases", default=DEFAULT_CASES, help="comma-separated NxWxH")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--no-gsplat", action="store_true")
+    ap.add_argument("--json", default=None, help="write all numbers here")
+    ap.add_argument("--profile", action="store_true",
+                    help="only print torch.profiler kernel tables of our forward+backward")
+    args = ap.parse_args(argv)
+    if args.profile:
+        return profile(args.cases)
+    assert args.iters >= 30, "use at least 30 timed calls"
+    dev = torch.cuda.get_device_name()
+    print(f"device: {dev}; torch {torch.__version__}; CUDA {torch.version.cuda}", flush=True)
+
+    have_gsplat = not args.no_gsplat
+    if have_gsplat:
+        try:
+            t0 = time.time()
+            import gsplat
+            from gsplat.cuda._backend import _C  # noqa: F401 - triggers gsplat's CUDA build
+            if _C is None:
+                raise RuntimeError("gsplat has no CUDA extension")
+            print(f"gsplat {gsplat.__version__} ready in {time.time() - t0:.1f} s", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"gsplat unavailable: {type(exc).__name__}: {exc}", flush=True)
+            have_gsplat = False
+
+    rows, results = [], []
+    for case in args.cases.split(","):
+        n, w, h = (int(v) for v in case.lower().split("x"))
+        scene = head_scene(n)
+        settings, viewmats, Ks = camera(w, h)
+        check = {}
+        with torch.no_grad():
+            ours_img = ours_fn(scene, settings, False)[0]()
+            _, radii = rasterize_gaussians(settings, scene["means"], torch.zeros_like(scene["means"]),
+                                           scene["opacities"], shs=scene["shs"],
+                                           scales=scene["scales"], rotations=scene["quats"],
+                                           backend="cuda")
+            check["visible"] = int((radii > 0).sum())
+            if have_gsplat:
+                gs_img = gsplat_fn(scene, viewmats, Ks, w, h, False)[0]()
+                check["image_rel_diff_vs_gsplat"] = float(
+                    (ours_img - gs_img).norm() / gs_img.norm().clamp_min(1e-12))
+        del ours_img
+        for mode in ("fwd", "fwd+bwd"):
+            bwd = mode == "fwd+bwd"
+            r = {"N": n, "W": w, "H": h, "mode": mode, **check}
+            med, times, peak = measure(*ours_fn(scene, settings, bwd), args.warmup, args.iters)
+            r.update(ours_ms=med, ours_peak_mb=peak / 2**20, ours_times=times)
+            if have_gsplat:
+                med, times, peak = measure(*gsplat_fn(scene, viewmats, Ks, w, h, bwd),
+                                           args.warmup, args.iters)
+                r.update(gsplat_ms=med, gsplat_peak_mb=peak / 2**20, gsplat_times=times)
+            results.append(r)
+            print(json.dumps({k: v for k, v in r.items() if not k.endswith("_times")}), flush=True)
+        del scene
+        torch.cuda.empty_cache()
+
+    head = (f"| N | image (WxH) | pass | ours ms | gsplat ms | ours/gsplat | ours peak MB | "
+            f"gsplat peak MB |")
+    print()
+    print(head)
+    print("|" + "---|" * 8)
+    for r in results:
+        g = r.get("gsplat_ms")
+        gp = r.get("gsplat_peak_mb")
+        print(f"| {r['N'] // 1000}k | {r['W']}x{r['H']} | {r['mode']} | {r['ours_ms']:.3f} | "
+              + (f"{g:.3f} | {r['ours_ms'] / g:.2f}x" if g else "- | -")
+              + f" | {r['ours_peak_mb']:.1f} | " + (f"{gp:.1f} |" if gp is not None else "- |"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": dev, "torch": torch.__version__, "results": results}, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()

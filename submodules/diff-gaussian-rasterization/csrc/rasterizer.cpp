@@ -1,0 +1,296 @@
+// PyTorch side of the STGA CUDA rasterizer: argument checks, buffer allocation, and the Python
+// bindings. The kernels are in kernels.cu. Written from scratch for STGA.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/extension.h>
+
+#include <cstdlib>
+#include <optional>
+#include <vector>
+
+#include "kernels.h"
+
+namespace stga {
+
+#define STGA_CUDA_CHECK(expr)                                                            \
+  do {                                                                                   \
+    cudaError_t err__ = (expr);                                                          \
+    TORCH_CHECK(err__ == cudaSuccess, "STGA rasterizer: ", #expr, " failed: ",          \
+                cudaGetErrorString(err__));                                              \
+  } while (0)
+
+namespace {
+
+inline int cdiv(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
+
+at::Tensor as_f32(const at::Tensor& t, const at::Device& dev) {
+  return t.to(dev, at::kFloat).contiguous();
+}
+
+const float* opt_ptr(const std::optional<at::Tensor>& t) {
+  return (t.has_value() && t->defined()) ? t->data_ptr<float>() : nullptr;
+}
+
+std::optional<at::Tensor> opt_f32(const std::optional<at::Tensor>& t, const at::Device& dev) {
+  if (!t.has_value() || !t->defined()) return std::nullopt;
+  return as_f32(*t, dev);
+}
+
+struct Prepared {
+  Cam cam;
+  GaussIn in;
+  int N;
+  at::Tensor means, opac, view, proj, campos, bg;
+  std::optional<at::Tensor> shs, colors, scales, rots, cov3D;
+};
+
+Prepared prepare(const at::Tensor& means3D, const at::Tensor& opacities,
+                 const std::optional<at::Tensor>& shs, const std::optional<at::Tensor>& colors,
+                 const std::optional<at::Tensor>& scales, const std::optional<at::Tensor>& rots,
+                 const std::optional<at::Tensor>& cov3D, const at::Tensor& viewmatrix,
+                 const at::Tensor& projmatrix, const at::Tensor& campos, const at::Tensor& bg,
+                 int64_t W, int64_t H, double tanfovx, double tanfovy, double scale_modifier,
+                 int64_t sh_degree) {
+  TORCH_CHECK(means3D.is_cuda(), "means3D must be a CUDA tensor");
+  TORCH_CHECK(means3D.dim() == 2 && means3D.size(1) == 3, "means3D must be (N,3)");
+  TORCH_CHECK(W > 0 && H > 0, "image size must be positive");
+  const at::Device dev = means3D.device();
+  Prepared p;
+  p.N = (int)means3D.size(0);
+  p.means = as_f32(means3D, dev);
+  p.opac = as_f32(opacities, dev).view({-1});
+  TORCH_CHECK(p.opac.numel() == p.N, "opacities must have N elements");
+  p.view = as_f32(viewmatrix, dev).view({-1});
+  p.proj = as_f32(projmatrix, dev).view({-1});
+  p.campos = as_f32(campos, dev).view({-1});
+  p.bg = as_f32(bg, dev).view({-1});
+  TORCH_CHECK(p.view.numel() == 16 && p.proj.numel() == 16, "matrices must be 4x4");
+  TORCH_CHECK(p.campos.numel() == 3 && p.bg.numel() == 3, "campos and bg must have 3 elements");
+  p.shs = opt_f32(shs, dev);
+  p.colors = opt_f32(colors, dev);
+  p.scales = opt_f32(scales, dev);
+  p.rots = opt_f32(rots, dev);
+  p.cov3D = opt_f32(cov3D, dev);
+  TORCH_CHECK(p.shs.has_value() != p.colors.has_value(), "pass exactly one of shs and colors_precomp");
+  TORCH_CHECK(p.cov3D.has_value() != (p.scales.has_value() && p.rots.has_value()),
+              "pass either scales and rotations, or cov3D_precomp");
+  int K = 0;
+  if (p.shs) {
+    TORCH_CHECK(sh_degree >= 0 && sh_degree <= 3, "sh_degree must be 0..3");
+    TORCH_CHECK(p.shs->dim() == 3 && p.shs->size(0) == p.N && p.shs->size(2) == 3,
+                "shs must be (N,K,3)");
+    K = (int)p.shs->size(1);
+    TORCH_CHECK(K >= (sh_degree + 1) * (sh_degree + 1), "shs has fewer than (sh_degree+1)^2 coefficients");
+  } else {
+    TORCH_CHECK(p.colors->numel() == 3 * (int64_t)p.N, "colors_precomp must be (N,3)");
+  }
+  if (p.cov3D) {
+    TORCH_CHECK(p.cov3D->numel() == 6 * (int64_t)p.N, "cov3D_precomp must be (N,6)");
+  } else {
+    TORCH_CHECK(p.scales->numel() == 3 * (int64_t)p.N, "scales must be (N,3)");
+    TORCH_CHECK(p.rots->numel() == 4 * (int64_t)p.N, "rotations must be (N,4)");
+  }
+  Cam& c = p.cam;
+  c.view = p.view.data_ptr<float>();
+  c.proj = p.proj.data_ptr<float>();
+  c.campos = p.campos.data_ptr<float>();
+  c.bg = p.bg.data_ptr<float>();
+  c.W = (int)W;
+  c.H = (int)H;
+  c.grid_x = cdiv(W, kTile);
+  c.grid_y = cdiv(H, kTile);
+  c.focal_x = (float)(W / (2.0 * tanfovx));
+  c.focal_y = (float)(H / (2.0 * tanfovy));
+  c.lim_x = (float)(kFovClamp * tanfovx);
+  c.lim_y = (float)(kFovClamp * tanfovy);
+  c.scale_mod = (float)scale_modifier;
+  // Internal tile-list culling (results are identical either way); off only for measurements.
+  const char* no_cull = std::getenv("STGA_RASTER_NO_CULL");
+  c.cull = (no_cull != nullptr && no_cull[0] == '1') ? 0 : 1;
+  c.deg = p.shs ? (int)sh_degree : 0;
+  c.K = K;
+  p.in.means = p.means.data_ptr<float>();
+  p.in.opac = p.opac.data_ptr<float>();
+  p.in.shs = opt_ptr(p.shs);
+  p.in.colors = opt_ptr(p.colors);
+  p.in.scales = p.cov3D ? nullptr : opt_ptr(p.scales);
+  p.in.rots = p.cov3D ? nullptr : opt_ptr(p.rots);
+  p.in.cov3D = opt_ptr(p.cov3D);
+  return p;
+}
+
+inline size_t align256(size_t b) { return (b + 255) / 256 * 256; }
+
+}  // namespace
+
+std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opacities,
+                                const std::optional<at::Tensor>& shs,
+                                const std::optional<at::Tensor>& colors,
+                                const std::optional<at::Tensor>& scales,
+                                const std::optional<at::Tensor>& rots,
+                                const std::optional<at::Tensor>& cov3D,
+                                const at::Tensor& viewmatrix, const at::Tensor& projmatrix,
+                                const at::Tensor& campos, const at::Tensor& bg, int64_t W,
+                                int64_t H, double tanfovx, double tanfovy, double scale_modifier,
+                                int64_t sh_degree) {
+  const c10::cuda::CUDAGuard guard(means3D.device());
+  Prepared p = prepare(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix,
+                       projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree);
+  const int N = p.N;
+  const Cam& cam = p.cam;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const auto fopt = p.means.options();
+  const auto iopt = fopt.dtype(at::kInt);
+  const auto bopt = fopt.dtype(at::kByte);
+  const int num_tiles = cam.grid_x * cam.grid_y;
+
+  at::Tensor radii = at::empty({N}, iopt);
+  at::Tensor geom_t = at::empty({(int64_t)N * kGeomFloats}, fopt);
+  const Geom geom = geom_at(geom_t.data_ptr<float>(), N);
+  at::Tensor ranges = at::empty({num_tiles, 2}, iopt);
+  at::Tensor point_list, entries;
+  int R = 0;
+  if (N > 0) {
+    const size_t kbytes = [&] {
+      const size_t sbytes = align256((size_t)N * kScratchWords * 4);
+      const size_t tbytes = gaussian_stage_temp_bytes(N);
+      at::Tensor scratch = at::empty({(int64_t)(sbytes + tbytes)}, bopt);
+      char* sp = (char*)scratch.data_ptr();
+      const Scratch s = scratch_at((int32_t*)sp, N);
+      STGA_CUDA_CHECK(launch_gaussian_stage(N, cam, p.in, geom, s, radii.data_ptr<int>(),
+                                            sp + sbytes, tbytes, stream));
+      STGA_CUDA_CHECK(cudaMemcpyAsync(&R, s.offsets + N - 1, sizeof(int),
+                                      cudaMemcpyDeviceToHost, stream));
+      STGA_CUDA_CHECK(cudaStreamSynchronize(stream));
+      // entries: keys and values now; the scratch is released before the sort's buffers exist
+      const size_t kb = align256((size_t)R * 4);
+      entries = at::empty({(int64_t)(2 * kb)}, bopt);
+      char* ep = (char*)entries.data_ptr();
+      STGA_CUDA_CHECK(launch_emit(N, R, cam, geom, s, (uint32_t*)ep, (int*)(ep + kb),
+                                  ranges.data_ptr<int>(), stream));
+      return kb;
+    }();
+    point_list = at::empty({R}, iopt);
+    if (R > 0) {
+      const size_t wbytes = tile_sort_temp_bytes(R, num_tiles);
+      at::Tensor work = at::empty({(int64_t)(kbytes + wbytes)}, bopt);
+      char* wp = (char*)work.data_ptr();
+      char* ep = (char*)entries.data_ptr();
+      STGA_CUDA_CHECK(launch_tile_sort(R, cam, (const uint32_t*)ep, (uint32_t*)wp,
+                                       (const int*)(ep + kbytes), point_list.data_ptr<int>(),
+                                       ranges.data_ptr<int>(), wp + kbytes, wbytes, stream));
+    }
+    entries = at::Tensor();
+  } else {
+    point_list = at::empty({0}, iopt);
+    ranges.zero_();
+  }
+
+  at::Tensor color = at::empty({3, H, W}, fopt);
+  at::Tensor final_T = at::empty({H, W}, fopt);
+  at::Tensor last = at::empty({H, W}, iopt);
+  STGA_CUDA_CHECK(launch_render_forward(cam, ranges.data_ptr<int>(), point_list.data_ptr<int>(),
+                                        geom, color.data_ptr<float>(), final_T.data_ptr<float>(),
+                                        last.data_ptr<int>(), stream));
+  return {color, radii, geom_t, point_list, ranges, final_T, last};
+}
+
+// Backward, part 1: the blending pass, accumulating per-Gaussian screen-space gradients. Split
+// from part 2 so that the caller can free the forward's buffers before the gradients are
+// allocated (lower peak memory).
+at::Tensor backward_render(const at::Tensor& grad_color, const at::Tensor& means3D,
+                           const at::Tensor& viewmatrix, const at::Tensor& projmatrix,
+                           const at::Tensor& campos, const at::Tensor& bg, int64_t W, int64_t H,
+                           double tanfovx, double tanfovy, double scale_modifier,
+                           int64_t sh_degree, at::Tensor geom_t, const at::Tensor& point_list,
+                           const at::Tensor& ranges, const at::Tensor& final_T,
+                           const at::Tensor& last) {
+  const c10::cuda::CUDAGuard guard(means3D.device());
+  TORCH_CHECK(means3D.is_cuda() && means3D.dim() == 2 && means3D.size(1) == 3,
+              "means3D must be a CUDA (N,3) tensor");
+  const int N = (int)means3D.size(0);
+  const at::Device dev = means3D.device();
+  const at::Tensor bgf = as_f32(bg, dev).view({-1});
+  Cam cam{};
+  cam.W = (int)W;
+  cam.H = (int)H;
+  cam.grid_x = cdiv(W, kTile);
+  cam.grid_y = cdiv(H, kTile);
+  cam.bg = bgf.data_ptr<float>();
+  const char* no_cull = std::getenv("STGA_RASTER_NO_CULL");
+  cam.cull = (no_cull != nullptr && no_cull[0] == '1') ? 0 : 1;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor dcolor = as_f32(grad_color, dev);
+  TORCH_CHECK(dcolor.numel() == 3 * H * W, "grad of color must be (3,H,W)");
+  at::Tensor acc = at::empty({(int64_t)N * kGradSlots}, means3D.options().dtype(at::kFloat));
+  STGA_CUDA_CHECK(launch_backward_render(N, cam, ranges.data_ptr<int>(), point_list.data_ptr<int>(),
+                                         (int)point_list.numel(),
+                                         geom_at(geom_t.data_ptr<float>(), N),
+                                         final_T.data_ptr<float>(), last.data_ptr<int>(),
+                                         dcolor.data_ptr<float>(), acc.data_ptr<float>(), stream));
+  return acc;
+}
+
+// Backward, part 2: the chain rule per Gaussian from the accumulated gradients to the inputs.
+std::vector<at::Tensor> backward_preprocess(const at::Tensor& acc, const at::Tensor& means3D,
+                                            const at::Tensor& opacities,
+                                            const std::optional<at::Tensor>& shs,
+                                            const std::optional<at::Tensor>& colors,
+                                            const std::optional<at::Tensor>& scales,
+                                            const std::optional<at::Tensor>& rots,
+                                            const std::optional<at::Tensor>& cov3D,
+                                            const at::Tensor& viewmatrix,
+                                            const at::Tensor& projmatrix, const at::Tensor& campos,
+                                            const at::Tensor& bg, int64_t W, int64_t H,
+                                            double tanfovx, double tanfovy, double scale_modifier,
+                                            int64_t sh_degree, const at::Tensor& radii) {
+  const c10::cuda::CUDAGuard guard(means3D.device());
+  Prepared p = prepare(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix,
+                       projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree);
+  const int N = p.N;
+  const Cam& cam = p.cam;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const auto fopt = p.means.options();
+  TORCH_CHECK(acc.numel() == (int64_t)N * kGradSlots, "accumulator size mismatch");
+
+  at::Tensor d_means = at::empty({N, 3}, fopt);
+  at::Tensor d_means2D = at::empty({N, 3}, fopt);
+  at::Tensor d_opac = at::empty({N, 1}, fopt);
+  at::Tensor d_shs, d_colors, d_scales, d_rots, d_cov3D;
+  GaussGrad g{};
+  g.means = d_means.data_ptr<float>();
+  g.means2D = d_means2D.data_ptr<float>();
+  g.opac = d_opac.data_ptr<float>();
+  if (p.shs) { d_shs = at::empty({N, cam.K, 3}, fopt); g.shs = d_shs.data_ptr<float>(); }
+  if (p.colors) { d_colors = at::empty({N, 3}, fopt); g.colors = d_colors.data_ptr<float>(); }
+  if (p.cov3D) {
+    d_cov3D = at::empty({N, 6}, fopt);
+    g.cov3D = d_cov3D.data_ptr<float>();
+  } else {
+    d_scales = at::empty({N, 3}, fopt);
+    d_rots = at::empty({N, 4}, fopt);
+    g.scales = d_scales.data_ptr<float>();
+    g.rots = d_rots.data_ptr<float>();
+  }
+  STGA_CUDA_CHECK(launch_backward_preprocess(N, cam, p.in, radii.data_ptr<int>(),
+                                             acc.data_ptr<float>(), g, stream));
+  return {d_means, d_means2D, d_opac, d_shs, d_colors, d_scales, d_rots, d_cov3D};
+}
+
+}  // namespace stga
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "STGA differentiable Gaussian rasterizer (CUDA)";
+  m.def("forward", &stga::forward,
+        "forward(means3D, opacities, shs, colors, scales, rotations, cov3D, viewmatrix, "
+        "projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree) -> "
+        "[color, radii, geom, point_list, ranges, final_T, last]");
+  m.def("backward_render", &stga::backward_render,
+        "backward_render(grad_color, means3D, viewmatrix, projmatrix, campos, bg, W, H, tanfovx, "
+        "tanfovy, scale_modifier, sh_degree, geom, point_list, ranges, final_T, last) -> acc");
+  m.def("backward_preprocess", &stga::backward_preprocess,
+        "backward_preprocess(acc, means3D, opacities, shs, colors, scales, rotations, cov3D, "
+        "viewmatrix, projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree, "
+        "radii) -> [d_means3D, d_means2D, d_opacities, d_shs, d_colors, d_scales, d_rotations, "
+        "d_cov3D]");
+}

@@ -1,0 +1,322 @@
+"""The CUDA rasterizer against the PyTorch reference backend (run in float64).
+
+Every test needs a GPU (``@pytest.mark.cuda``; conftest skips them elsewhere). Images must agree
+to a relative error ||a - b|| / ||b|| below 1e-4 and every gradient below 1e-3; radii exactly.
+Scenes are random: a pixel where a float32 alpha lands on the other side of 1/255 than the
+float64 one (or similar threshold events) is possible but rare, and the norm-based tolerances
+absorb it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diff_gaussian_rasterization import GaussianRasterizationSettings, rasterize_gaussians
+
+IMG_TOL = 1e-4
+GRAD_TOL = 1e-3
+NAMES = ("means3D", "means2D", "opacities", "shs", "colors_precomp", "scales", "rotations",
+         "cov3D_precomp")
+
+pytestmark = pytest.mark.cuda
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def make_settings(width, height, tany=0.35, cx_off=0.0, cy_off=0.0, seed=0, dist=2.5,
+                  sh_degree=3, scale_modifier=1.0, bg=(0.2, 0.5, 0.9), device="cuda"):
+    """A camera `dist` away from the origin looking at it, slightly rolled, OpenCV axes."""
+    g = np.random.default_rng(seed)
+    d = g.normal(size=3)
+    d /= np.linalg.norm(d)
+    campos = -d * dist
+    fwd = -campos / np.linalg.norm(campos)
+    up = np.array([0.0, -1.0, 0.0]) + 0.2 * g.normal(size=3)
+    right = np.cross(up, fwd)
+    right /= np.linalg.norm(right)
+    down = np.cross(fwd, right)
+    rot = np.stack([right, down, fwd])
+    w2v = np.eye(4)
+    w2v[:3, :3], w2v[:3, 3] = rot, -rot @ campos
+    tanx = tany * width / height
+    znear, zfar = 0.01, 100.0
+    proj = np.zeros((4, 4))
+    proj[0, 0], proj[0, 2] = 1.0 / tanx, cx_off
+    proj[1, 1], proj[1, 2] = 1.0 / tany, cy_off
+    proj[2, 2], proj[2, 3] = zfar / (zfar - znear), -zfar * znear / (zfar - znear)
+    proj[3, 2] = 1.0
+    t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32, device=device)
+    return GaussianRasterizationSettings(
+        image_height=height, image_width=width, tanfovx=tanx, tanfovy=tany, bg=t(bg),
+        scale_modifier=scale_modifier, viewmatrix=t(w2v.T), projmatrix=t((proj @ w2v).T),
+        sh_degree=sh_degree, campos=t(campos), prefiltered=False, debug=False)
+
+
+def random_scene(n, seed=0, spread=0.6, scale=(0.01, 0.06), opacity=(0.05, 0.99), K=16,
+                 sh_std=0.3):
+    """float32 CPU tensors of n random Gaussians around the origin."""
+    g = torch.Generator().manual_seed(seed)
+    u = lambda *shape: torch.rand(*shape, generator=g)
+    lo, hi = math.log(scale[0]), math.log(scale[1])
+    return {
+        "means3D": (u(n, 3) * 2 - 1) * spread,
+        "opacities": opacity[0] + (opacity[1] - opacity[0]) * u(n, 1),
+        "shs": torch.randn(n, K, 3, generator=g) * sh_std,
+        "colors_precomp": u(n, 3),
+        "scales": torch.exp(lo + (hi - lo) * u(n, 3)),
+        "rotations": torch.randn(n, 4, generator=g) * (0.5 + u(n, 1) * 1.5),
+    }
+
+
+def cov_from(scene, modifier=1.0):
+    """Upper triangles of R S S R^T (the cov3D_precomp layout)."""
+    q = scene["rotations"].double()
+    q = q / q.norm(dim=1, keepdim=True)
+    w, x, y, z = q.unbind(1)
+    R = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                     2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+                    1).view(-1, 3, 3)
+    L = R * (scene["scales"].double() * modifier)[:, None, :]
+    S = L @ L.transpose(1, 2)
+    return torch.stack([S[:, 0, 0], S[:, 0, 1], S[:, 0, 2], S[:, 1, 1], S[:, 1, 2], S[:, 2, 2]],
+                       1).float()
+
+
+def pick(scene, colors=False, cov=False, modifier=1.0):
+    out = {"means3D": scene["means3D"], "opacities": scene["opacities"]}
+    if colors:
+        out["colors_precomp"] = scene["colors_precomp"]
+    else:
+        out["shs"] = scene["shs"]
+    if cov:
+        out["cov3D_precomp"] = cov_from(scene, modifier)
+    else:
+        out["scales"], out["rotations"] = scene["scales"], scene["rotations"]
+    return out
+
+
+def settings_as(settings, dtype):
+    return settings._replace(**{k: getattr(settings, k).to(dtype)
+                                for k in ("bg", "viewmatrix", "projmatrix", "campos")})
+
+
+def render(settings, inputs, backend, dtype, weights=None):
+    """Image, radii and gradients of sum(image * weights) for every input."""
+    leaves = {k: v.to("cuda", dtype).detach().requires_grad_(True) for k, v in inputs.items()}
+    n = leaves["means3D"].shape[0]
+    means2D = torch.zeros(n, 3, dtype=dtype, device="cuda", requires_grad=True)
+    image, radii = rasterize_gaussians(settings_as(settings, dtype), leaves["means3D"], means2D,
+                                       leaves["opacities"], leaves.get("shs"),
+                                       leaves.get("colors_precomp"), leaves.get("scales"),
+                                       leaves.get("rotations"), leaves.get("cov3D_precomp"),
+                                       backend=backend)
+    grads = {}
+    if weights is not None:
+        (image * weights.to(image)).sum().backward()
+        grads = {k: v.grad for k, v in leaves.items()}
+        grads["means2D"] = means2D.grad
+    return image.detach(), radii, grads
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    nb = b.norm().item()
+    diff = (a - b).norm().item()
+    return diff / nb if nb > 0 else diff
+
+
+def check(settings, inputs, seed=0, img_tol=IMG_TOL, grad_tol=GRAD_TOL):
+    """CUDA float32 against the reference in float64; returns the CUDA results."""
+    H, W = settings.image_height, settings.image_width
+    weights = torch.randn(3, H, W, generator=torch.Generator().manual_seed(seed + 101))
+    weights = weights.to("cuda")
+    img, radii, grads = render(settings, inputs, "cuda", torch.float32, weights)
+    ref_img, ref_radii, ref_grads = render(settings, inputs, "torch", torch.float64, weights)
+    assert img.shape == (3, H, W) and img.dtype == torch.float32
+    assert radii.dtype == torch.int32 and radii.shape == (inputs["means3D"].shape[0],)
+    assert torch.isfinite(img).all()
+    assert torch.equal(radii.cpu(), ref_radii.cpu()), "radii differ"
+    err = rel(img, ref_img)
+    assert err < img_tol, f"image rel. error {err:.3g}"
+    for k, ref in ref_grads.items():
+        got = grads[k]
+        assert got is not None and got.shape == ref.shape and got.dtype == torch.float32, k
+        assert torch.isfinite(got).all(), k
+        if ref.abs().max() == 0:
+            assert got.abs().max() == 0, k
+            continue
+        e = rel(got, ref)
+        assert e < grad_tol, f"gradient of {k}: rel. error {e:.3g}"
+    assert (grads["means2D"][:, 2] == 0).all()
+    return img, radii, grads
+
+
+# ----------------------------------------------------------------------------- tests
+
+def test_available():
+    from diff_gaussian_rasterization import cuda_backend
+
+    assert cuda_backend.available(), cuda_backend.load_error()
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+def test_random_scene_sh_degrees(degree):
+    s = make_settings(173, 111, cx_off=0.07, cy_off=-0.05, seed=degree, sh_degree=degree)
+    check(s, pick(random_scene(600, seed=degree)), seed=degree)
+
+
+def test_colors_precomp():
+    s = make_settings(128, 96, seed=4)
+    check(s, pick(random_scene(500, seed=4), colors=True), seed=4)
+
+
+def test_cov3d_precomp():
+    s = make_settings(101, 157, cx_off=-0.1, cy_off=0.12, seed=5, sh_degree=2)
+    check(s, pick(random_scene(500, seed=5), cov=True), seed=5)
+
+
+def test_scale_modifier():
+    s = make_settings(150, 100, seed=6, scale_modifier=0.6)
+    check(s, pick(random_scene(500, seed=6)), seed=6)
+
+
+def test_colors_and_cov3d_together():
+    s = make_settings(90, 70, seed=7)
+    check(s, pick(random_scene(300, seed=7), colors=True, cov=True), seed=7)
+
+
+def test_zero_gaussians():
+    s = make_settings(40, 24, seed=8)
+    inputs = {k: v[:0] for k, v in pick(random_scene(4, seed=8)).items()}
+    weights = torch.randn(3, 24, 40, device="cuda")
+    img, radii, grads = render(s, inputs, "cuda", torch.float32, weights)
+    bg = s.bg.view(3, 1, 1).expand(3, 24, 40)
+    assert torch.equal(img, bg)
+    assert radii.shape == (0,)
+    assert grads["means3D"].shape == (0, 3)
+
+
+def test_one_gaussian():
+    s = make_settings(64, 48, seed=9)
+    scene = random_scene(1, seed=9, spread=0.0, scale=(0.1, 0.2), opacity=(0.7, 0.8))
+    check(s, pick(scene), seed=9)
+
+
+def test_culled_and_off_screen():
+    s = make_settings(120, 80, seed=10, dist=2.0)
+    scene = random_scene(800, seed=10, spread=4.0)   # many behind the camera or off screen
+    img, radii, grads = check(s, pick(scene), seed=10)
+    culled = radii == 0
+    assert culled.any() and (~culled).any()
+    for k in NAMES:
+        if k in grads:
+            assert (grads[k][culled] == 0).all(), k
+
+
+def test_all_behind_camera():
+    s = make_settings(48, 32, seed=11, dist=2.0)
+    scene = random_scene(50, seed=11, spread=0.2)
+    fwd = s.viewmatrix[:3, 2].cpu()          # view z axis in world coordinates
+    scene["means3D"] = s.campos.cpu() - 1.0 * fwd + scene["means3D"]
+    weights = torch.randn(3, 32, 48, device="cuda")
+    img, radii, grads = render(s, pick(scene), "cuda", torch.float32, weights)
+    assert (radii == 0).all()
+    assert torch.allclose(img, s.bg.view(3, 1, 1).expand_as(img))
+    assert all((g == 0).all() for g in grads.values())
+
+
+def test_huge_gaussians():
+    s = make_settings(96, 64, seed=12)
+    check(s, pick(random_scene(40, seed=12, scale=(0.3, 1.5), opacity=(0.2, 0.6))), seed=12)
+
+
+def test_flat_gaussians():
+    s = make_settings(96, 64, seed=13)
+    scene = random_scene(400, seed=13)
+    scene["scales"][:, 0] = 1e-7
+    scene["scales"][::3, 1] = 1e-7       # a third are needles
+    check(s, pick(scene), seed=13)
+
+
+def test_opacity_near_zero():
+    s = make_settings(96, 64, seed=14)
+    check(s, pick(random_scene(600, seed=14, opacity=(0.001, 0.02))), seed=14)
+
+
+def test_opacity_near_one():
+    s = make_settings(96, 64, seed=15)
+    check(s, pick(random_scene(400, seed=15, opacity=(0.97, 0.9999))), seed=15)
+
+
+def test_thousands_in_one_tile():
+    # all Gaussians project into (roughly) one 16x16 tile in the middle of the image
+    s = make_settings(64, 64, seed=16, dist=3.0, tany=0.3)
+    scene = random_scene(5000, seed=16, spread=0.02, scale=(0.002, 0.01), opacity=(0.01, 0.1))
+    check(s, pick(scene), seed=16)
+
+
+def test_larger_image_many_gaussians():
+    s = make_settings(802, 550, cx_off=0.03, cy_off=0.02, seed=17, dist=2.0)
+    check(s, pick(random_scene(20000, seed=17, scale=(0.003, 0.02))), seed=17)
+
+
+def test_float64_inputs_give_float64_outputs():
+    s = make_settings(64, 48, seed=18)
+    inputs = pick(random_scene(200, seed=18))
+    w = torch.randn(3, 48, 64, device="cuda")
+    img64, _, g64 = render(s, inputs, "cuda", torch.float64, w)
+    img32, _, g32 = render(s, inputs, "cuda", torch.float32, w)
+    assert img64.dtype == torch.float64
+    assert torch.equal(img64.float(), img32)          # same float32 kernels, deterministic
+    for k, g in g64.items():
+        assert g.dtype == torch.float64, k
+        assert rel(g, g32[k]) <= 1e-5, k              # atomics: summation order varies
+
+
+def test_deterministic():
+    s = make_settings(200, 150, seed=19)
+    inputs = pick(random_scene(8000, seed=19, scale=(0.005, 0.03)))
+    w = torch.randn(3, 150, 200, device="cuda")
+    img1, r1, g1 = render(s, inputs, "cuda", torch.float32, w)
+    img2, r2, g2 = render(s, inputs, "cuda", torch.float32, w)
+    assert torch.equal(img1, img2)
+    assert torch.equal(r1, r2)
+    for k in g1:
+        assert rel(g2[k], g1[k]) <= 1e-5, k
+
+
+def test_forward_without_grad():
+    s = make_settings(64, 48, seed=20)
+    inputs = {k: v.cuda() for k, v in pick(random_scene(300, seed=20)).items()}
+    with torch.no_grad():
+        img, radii = rasterize_gaussians(s, inputs["means3D"], torch.zeros_like(inputs["means3D"]),
+                                         inputs["opacities"], inputs["shs"], None,
+                                         inputs["scales"], inputs["rotations"], None,
+                                         backend="cuda")
+    ref, ref_radii = rasterize_gaussians(s, inputs["means3D"], torch.zeros_like(inputs["means3D"]),
+                                         inputs["opacities"], inputs["shs"], None,
+                                         inputs["scales"], inputs["rotations"], None,
+                                         backend="torch")
+    assert rel(img, ref) < IMG_TOL
+    assert torch.equal(radii, ref_radii)
+
+
+def test_tile_list_culling_changes_nothing(monkeypatch):
+    # Internally a Gaussian is left out of tiles where its alpha stays below 1/255; with that
+    # switched off (STGA_RASTER_NO_CULL=1) the image must be bitwise the same.
+    s = make_settings(300, 200, seed=21, dist=2.0)
+    scene = random_scene(6000, seed=21, scale=(0.002, 0.05), opacity=(0.003, 0.999))
+    scene["scales"][::4, 0] *= 0.02                     # elongated ones, for the ellipse test
+    inputs = pick(scene)
+    w = torch.randn(3, 200, 300, device="cuda")
+    img1, r1, g1 = render(s, inputs, "cuda", torch.float32, w)
+    monkeypatch.setenv("STGA_RASTER_NO_CULL", "1")
+    img2, r2, g2 = render(s, inputs, "cuda", torch.float32, w)
+    assert torch.equal(img1, img2)
+    assert torch.equal(r1, r2)
+    for k in g1:
+        assert rel(g1[k], g2[k]) <= 1e-5, k
