@@ -15,6 +15,14 @@ Splits are the folders train, val and test (in that order) plus any other folder
 truth is infinite; it is stored as PSNR_CAP_DB (100 dB) because JSON has no infinity and one
 infinite view would make the mean infinite. LPIPS is null when its weight files are not
 available (the reason is printed once).
+
+With ``--masks``, PSNR and SSIM are also computed inside face regions, from the label maps
+``regions/<image stem>.png`` of the dataset the model was trained on (0 background, 1 skin/other,
+2 mouth, 3 eyes; read from cfg_args.json's source_path, or given with ``--regions DIR``). A view
+scores a region only when the region covers at least MIN_REGION_PIXELS pixels there. Extra keys:
+results.json gets "PSNR_<region>", "SSIM_<region>" (mean over the views that score it, null if
+none) and "views_<region>" (how many); per_view.json gets "PSNR_<region>" and "SSIM_<region>"
+({name: value} for those views).
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ import json
 import os
 import re
 import sys
-import tempfile
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -31,12 +39,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.image_metrics import PSNR_CAP_DB, psnr, ssim
+from utils.atomic import atomic_path
+from utils.image_metrics import PSNR_CAP_DB, masked_psnr, masked_ssim, psnr, ssim
 from utils.lpips import LPIPS, LpipsUnavailable, get_lpips
 
 KNOWN_SPLITS = ("train", "val", "test")
 _METHOD_RE = re.compile(r"^ours_(\d+)$")
 _IMAGE_EXT = ".png"
+REGIONS = {"mouth": 2, "eyes": 3}  # label values of the region maps
+MIN_REGION_PIXELS = 16  # fewer pixels than this: the view does not score that region
+REGIONS_DIR = "regions"
 
 
 class MetricsError(RuntimeError):
@@ -150,6 +162,69 @@ def load_lpips_or_none(net: str, device: torch.device | str) -> LPIPS | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Region maps (--masks)
+
+
+class RegionMaps:
+    """Label maps of one dataset, ``<folder>/<image name>`` (the render's file name), read on demand."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def labels(self, name: str, height: int, width: int) -> np.ndarray | None:
+        """(height, width) uint8 labels for a render, or None when the map is missing.
+
+        A map at the dataset's full size is resized (nearest label) to a render made at a lower
+        --resolution; a map of another aspect ratio is an error naming the file.
+        """
+        path = os.path.join(self.folder, name)
+        if not os.path.isfile(path):
+            return None
+        arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise MetricsError(f"cannot read region map {path} (corrupt or not a PNG)")
+        if arr.ndim == 3:
+            if not all(np.array_equal(arr[:, :, 0], arr[:, :, i]) for i in range(1, arr.shape[2])):
+                raise MetricsError(f"region map {path} has {arr.shape[2]} different channels; "
+                                   f"expected one channel of labels")
+            arr = arr[:, :, 0]
+        h0, w0 = arr.shape
+        if (h0, w0) != (height, width):
+            if abs(h0 * width / w0 - height) > 1.0:
+                raise MetricsError(f"region map {path} is {w0}x{h0}, which does not scale to the "
+                                   f"{width}x{height} render (width x height)")
+            arr = cv2.resize(arr, (width, height), interpolation=cv2.INTER_NEAREST)
+        return arr
+
+
+def find_region_maps(model_dir: str, regions_dir: str | None = None) -> tuple[RegionMaps | None, str]:
+    """Region maps for a model: ``regions_dir`` if given, else ``<dataset>/regions``.
+
+    Returns (maps or None, where they were looked for / why there are none).
+    """
+    if regions_dir is not None:
+        if not os.path.isdir(regions_dir):
+            raise MetricsError(f"--regions {regions_dir}: folder does not exist")
+        return RegionMaps(regions_dir), regions_dir
+    cfg_path = os.path.join(model_dir, "cfg_args.json")
+    try:
+        with open(cfg_path) as f:
+            source = json.load(f)["source_path"]
+    except FileNotFoundError:
+        return None, (f"{cfg_path} is missing, so the model's dataset is unknown; "
+                      f"pass --regions DIR")
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        return None, f"{cfg_path} names no source_path ({exc!r}); pass --regions DIR"
+    from scene import resolve_source  # only --masks needs the dataset (generates 'demo' if absent)
+
+    folder = os.path.join(str(resolve_source(source, quiet=True)), REGIONS_DIR)
+    if not os.path.isdir(folder):
+        return None, (f"the dataset {os.path.dirname(folder)} has no region maps "
+                      f"({REGIONS_DIR}/<image stem>.png)")
+    return RegionMaps(folder), folder
+
+
+# ---------------------------------------------------------------------------------------------
 # Evaluation
 
 
@@ -164,11 +239,24 @@ def evaluate_method(
     lpips_model: LPIPS | None,
     progress: bool = True,
     desc: str = "",
+    region_maps: RegionMaps | None = None,
+    counts: dict[str, int] | None = None,
 ) -> dict[str, dict[str, float] | None]:
-    """Per-image metrics of one ours_<it> folder: {"PSNR": {name: v}, "SSIM": ..., "LPIPS": ... or None}."""
+    """Per-image metrics of one ours_<it> folder: {"PSNR": {name: v}, "SSIM": ..., "LPIPS": ... or None}.
+
+    With ``region_maps``, also "PSNR_<region>" and "SSIM_<region>" over the views where the
+    region has at least MIN_REGION_PIXELS pixels; ``counts`` (if given) receives "no_map" (views
+    without a region map) and "small_<region>" (views skipped for that region).
+    """
     per: dict[str, dict[str, float] | None] = {
         "PSNR": {}, "SSIM": {}, "LPIPS": {} if lpips_model is not None else None
     }
+    if region_maps is not None:
+        for region in REGIONS:
+            per[f"PSNR_{region}"] = {}
+            per[f"SSIM_{region}"] = {}
+    if counts is not None:
+        counts.update({"no_map": 0, **{f"small_{r}": 0 for r in REGIONS}})
     # a caller's model stays where it is (nn.Module.to would move a shared, cached model)
     lpips_device = next(lpips_model.parameters()).device if lpips_model is not None else device
     for name in tqdm(names, desc=desc or method_dir, unit="img", disable=not progress):
@@ -188,6 +276,21 @@ def evaluate_method(
             per["SSIM"][name] = float(ssim(r, g)[0])
             if lpips_model is not None:
                 per["LPIPS"][name] = float(lpips_model(r.to(lpips_device), g.to(lpips_device))[0])
+            if region_maps is None:
+                continue
+            labels = region_maps.labels(name, r_arr.shape[0], r_arr.shape[1])
+            if labels is None:
+                if counts is not None:
+                    counts["no_map"] += 1
+                continue
+            for region, value in REGIONS.items():
+                mask = torch.from_numpy(labels == value).to(device)
+                if int(mask.sum()) < MIN_REGION_PIXELS:
+                    if counts is not None:
+                        counts[f"small_{region}"] += 1
+                    continue
+                per[f"PSNR_{region}"][name] = float(masked_psnr(r, g, mask, cap_db=PSNR_CAP_DB)[0])
+                per[f"SSIM_{region}"][name] = float(masked_ssim(r, g, mask)[0])
     return per
 
 
@@ -203,6 +306,8 @@ def evaluate_model(
     lpips_model: LPIPS | None = None,
     progress: bool = True,
     write: bool = True,
+    masks: bool = False,
+    regions_dir: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate every split / ours_<it> of a model; returns {"results": ..., "per_view": ...}.
 
@@ -211,6 +316,8 @@ def evaluate_model(
     runs on its own device; otherwise it is loaded for `lpips_net` and is None (LPIPS null) if unavailable.
     Empty splits / iterations are reported on stdout and left out of the results.
     Raises MetricsError when nothing was rendered or the folders are inconsistent.
+    With `masks`, also scores the face regions (see the module docstring) from `regions_dir` or
+    the model's dataset; when there are no region maps it says so on stderr and scores the rest.
     """
     dev = torch.device(device) if device is not None else _default_device()
     splits = find_splits(model_dir)
@@ -219,6 +326,13 @@ def evaluate_model(
             f"no rendered splits in {model_dir} (expected {'/'.join(KNOWN_SPLITS)}/ours_<iteration>/"
             f"renders and gt): run `python render.py -m {model_dir}` first"
         )
+    region_maps = None
+    if masks:
+        region_maps, where = find_region_maps(model_dir, regions_dir)
+        if region_maps is None:
+            print(f"--masks: no region metrics for {model_dir}: {where}", file=sys.stderr)
+        else:
+            print(f"{model_dir}: region maps from {where}")
     if use_lpips and lpips_model is None:
         lpips_model = load_lpips_or_none(lpips_net, dev)
     if not use_lpips:
@@ -237,14 +351,24 @@ def evaluate_model(
                 print(f"{model_dir}: {split}/{method} has no images, skipped")
                 continue
             any_images = True
+            counts: dict[str, int] = {}
             per = evaluate_method(
-                method_dir, names, dev, lpips_model, progress, desc=f"{split}/{method}"
+                method_dir, names, dev, lpips_model, progress, desc=f"{split}/{method}",
+                region_maps=region_maps, counts=counts,
             )
-            results.setdefault(split, {})[method] = {
+            means: dict[str, float | int | None] = {
                 "PSNR": _mean(per["PSNR"]),
                 "SSIM": _mean(per["SSIM"]),
                 "LPIPS": _mean(per["LPIPS"]) if per["LPIPS"] is not None else None,
             }
+            if region_maps is not None:
+                for region in REGIONS:
+                    scored = per[f"PSNR_{region}"]
+                    means[f"PSNR_{region}"] = _mean(scored) if scored else None
+                    means[f"SSIM_{region}"] = _mean(per[f"SSIM_{region}"]) if scored else None
+                    means[f"views_{region}"] = len(scored)
+                print(_region_summary(f"{model_dir}: {split}/{method}", len(names), counts))
+            results.setdefault(split, {})[method] = means
             per_view.setdefault(split, {})[method] = per
         if not methods:
             print(f"{model_dir}: split '{split}' has no ours_<iteration> folders, skipped")
@@ -262,22 +386,24 @@ def evaluate_model(
     return {"results": results, "per_view": per_view}
 
 
+def _region_summary(where: str, total: int, counts: dict[str, int]) -> str:
+    """One line saying how many views scored each region and why the others did not."""
+    parts = []
+    with_map = total - counts["no_map"]
+    for region in REGIONS:
+        small = counts[f"small_{region}"]
+        parts.append(f"{region} in {with_map - small}/{total} views"
+                     + (f" ({small} with < {MIN_REGION_PIXELS} {region} pixels skipped)" if small else ""))
+    line = f"{where}: regions scored: " + ", ".join(parts)
+    if counts["no_map"]:
+        line += f"; {counts['no_map']} views have no region map"
+    return line
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON via a temp file in the same folder + os.replace, so readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write JSON atomically, so readers never see half a file."""
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def format_table(model_dir: str, results: dict[str, Any], per_view: dict[str, Any] | None = None) -> str:
@@ -293,6 +419,21 @@ def format_table(model_dir: str, results: dict[str, Any], per_view: dict[str, An
             lines.append(
                 f"  {split:<12} {method:<14} {n:>6} {vals['PSNR']:>9.3f} {vals['SSIM']:>8.4f} {lp:>8}"
             )
+    if any(f"views_{region}" in vals for methods in results.values() for vals in methods.values()
+           for region in REGIONS):
+        header = f"  {'split':<12} {'iteration':<14} {'region':<8} {'images':>6} {'PSNR':>9} {'SSIM':>8}"
+        lines += ["", "  Regions (PSNR and SSIM inside each region, over the views showing it)",
+                  header, "  " + "-" * (len(header) - 2)]
+        for split, methods in results.items():
+            for method, vals in methods.items():
+                for region in REGIONS:
+                    if f"views_{region}" not in vals:
+                        continue
+                    p, s = vals[f"PSNR_{region}"], vals[f"SSIM_{region}"]
+                    ps = "n/a" if p is None else f"{p:.3f}"
+                    ss = "n/a" if s is None else f"{s:.4f}"
+                    lines.append(f"  {split:<12} {method:<14} {region:<8} "
+                                 f"{vals[f'views_{region}']:>6} {ps:>9} {ss:>8}")
     return "\n".join(lines)
 
 
@@ -325,6 +466,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quiet", action="store_true", help="hide the per-image progress bars",
     )
+    parser.add_argument(
+        "--masks", action="store_true",
+        help=f"also report PSNR and SSIM inside the mouth (label {REGIONS['mouth']}) and eyes "
+             f"(label {REGIONS['eyes']}) regions, from the label maps regions/<image stem>.png of "
+             f"the dataset each model was trained on (cfg_args.json's source_path); views where a "
+             f"region has fewer than {MIN_REGION_PIXELS} pixels do not score it. Adds "
+             f"PSNR_<region>, SSIM_<region> and views_<region> to results.json",
+    )
+    parser.add_argument(
+        "--regions", default=None, metavar="DIR",
+        help="with --masks: read the label maps from DIR/<image stem>.png instead of the "
+             "dataset's regions/ folder (implies --masks)",
+    )
     return parser
 
 
@@ -343,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                 device=device,
                 lpips_model=lpips_model,
                 progress=not args.quiet,
+                masks=args.masks or args.regions is not None,
+                regions_dir=args.regions,
             )
         except MetricsError as exc:
             failed += 1

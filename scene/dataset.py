@@ -257,6 +257,21 @@ def load_training_faces(root: Path, keyframes: Sequence[int], num_faces: int,
     return faces
 
 
+def load_split_pixels(dataset: StgaDataset, split: str, resolution: float = -1,
+                      quiet: bool = False) -> None:
+    """Read the images of one split into its cameras, for a dataset loaded without pixels.
+
+    Lets a tool hold one split's images at a time, and never read a split it skips.
+    """
+    root = dataset.root
+    records = parse_transforms(root / f"transforms_{split}.json", split, root)
+    loaded = _load_split_images(records, resolution, quiet, load_pixels=True) if records else []
+    for cam, rec, (image, *_sizes) in zip(dataset.splits[split], records, loaded):
+        if image.shape[:2] != (cam.height, cam.width):
+            raise DatasetError(f"{rec.image_path}: image size changed since the dataset was read")
+        cam.image = torch.from_numpy(image)
+
+
 def load_dataset(source: Path, resolution: float = -1, splits: Sequence[str] = SPLITS,
                  load_pixels: bool = True, require_training_faces: bool = False,
                  quiet: bool = False) -> StgaDataset:

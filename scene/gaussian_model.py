@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -162,12 +162,33 @@ class GaussianModel:
         self._set_params({n: t.to(device) for n, t in sd["params"].items()})
 
     # --- PLY files ---------------------------------------------------------------------------
-    def _attribute_names(self) -> list:
+    def splat_attribute_names(self) -> List[str]:
+        """The standard 3DGS vertex properties, in 3DGS's order (what Gaussian-splat viewers read)."""
         n_rest = self.params["f_rest"].shape[1] * 3
         return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
                 + [f"f_rest_{i}" for i in range(n_rest)] + ["opacity"]
-                + [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)]
-                + ["em_x", "em_y", "em_z"] + [f"em_scale_{i}" for i in range(3)]
+                + [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)])
+
+    @torch.no_grad()
+    def splat_attributes(self, frames: FaceFrames) -> np.ndarray:
+        """(N, D) float32 values of ``splat_attribute_names`` for the Gaussians posed with ``frames``.
+
+        World position, zero normals, SH (f_rest channel-major as in 3DGS), opacity logit, world
+        log-scale, world rotation (w first, unit). The one place that lays out the 3DGS fields:
+        ``save_ply`` and the viewer export (scene/export.py) both use it.
+        """
+        g = self.world(frames)
+        p = self.params
+        n = self.num_gaussians
+        # 3DGS stores f_rest channel-major: for each colour channel, all its coefficients.
+        f_rest = p["f_rest"].transpose(1, 2).reshape(n, -1)
+        columns = torch.cat([
+            g.xyz, torch.zeros(n, 3, device=g.xyz.device), p["f_dc"].reshape(n, 3), f_rest,
+            p["opacity"], torch.log(g.scales), F.normalize(g.rotations, dim=-1)], dim=1)
+        return columns.detach().cpu().numpy().astype(np.float32)
+
+    def _binding_attribute_names(self) -> List[str]:
+        return (["em_x", "em_y", "em_z"] + [f"em_scale_{i}" for i in range(3)]
                 + [f"em_rot_{i}" for i in range(4)])
 
     @torch.no_grad()
@@ -177,25 +198,14 @@ class GaussianModel:
         Viewers read x/y/z, f_dc/f_rest, opacity, scale/rot (world, at that frame); STGA reads
         em_* (local) and index. Written atomically.
         """
-        g = self.world(frames)
         p = self.params
-        n = self.num_gaussians
-        # 3DGS stores f_rest channel-major: for each colour channel, all its coefficients.
-        f_rest = p["f_rest"].transpose(1, 2).reshape(n, -1)
-        columns = torch.cat([
-            g.xyz, torch.zeros(n, 3, device=g.xyz.device), p["f_dc"].reshape(n, 3), f_rest,
-            p["opacity"], torch.log(g.scales), g.rotations,
-            p["xyz"], p["scaling"], p["rotation"]], dim=1).cpu().numpy()
-        dtype = [(name, "f4") for name in self._attribute_names()] + [("index", "i4")]
-        data = np.empty(n, dtype=dtype)
-        for i, name in enumerate(self._attribute_names()):
-            data[name] = columns[:, i]
-        data["index"] = self.binding.cpu().numpy()
-        ply = PlyData([PlyElement.describe(data, "vertex")],
-                      comments=[f"stga reference_keyframe {reference_keyframe}",
-                                f"stga face_scale {int(self.face_scale)}"])
-        with atomic_path(Path(path)) as tmp:
-            ply.write(str(tmp))
+        local = torch.cat([p["xyz"], p["scaling"], p["rotation"]], dim=1).cpu().numpy()
+        write_vertex_ply(
+            path, self.splat_attribute_names() + self._binding_attribute_names(),
+            np.concatenate([self.splat_attributes(frames), local], axis=1),
+            int_fields={"index": self.binding.cpu().numpy()},
+            comments=[f"stga reference_keyframe {reference_keyframe}",
+                      f"stga face_scale {int(self.face_scale)}"])
 
     def load_ply(self, path: Path, num_faces: int, device: torch.device) -> None:
         """Read a model written by ``save_ply`` (its em_* and index fields)."""
@@ -235,3 +245,23 @@ class GaussianModel:
             "rotation": col([f"em_rot_{i}" for i in range(4)]).to(device),
             "opacity": col(["opacity"]).to(device),
         })
+
+
+def write_vertex_ply(path: Path, names: Sequence[str], columns: np.ndarray,
+                     int_fields: Optional[Dict[str, np.ndarray]] = None,
+                     comments: Sequence[str] = ()) -> None:
+    """Write one binary little-endian ``vertex`` element: float32 ``columns`` named ``names``,
+    then int32 ``int_fields``; atomically, so a reader never sees half a file."""
+    columns = np.asarray(columns, dtype=np.float32)
+    if columns.ndim != 2 or columns.shape[1] != len(names):
+        raise ValueError(f"{len(names)} property names for columns of shape {columns.shape}")
+    int_fields = int_fields or {}
+    dtype = [(name, "<f4") for name in names] + [(name, "<i4") for name in int_fields]
+    data = np.empty(columns.shape[0], dtype=dtype)
+    for i, name in enumerate(names):
+        data[name] = columns[:, i]
+    for name, values in int_fields.items():
+        data[name] = values
+    ply = PlyData([PlyElement.describe(data, "vertex")], byte_order="<", comments=list(comments))
+    with atomic_path(Path(path)) as tmp:
+        ply.write(str(tmp))

@@ -588,3 +588,129 @@ def test_cuda_matches_cpu(tmp_path, fake_weights, hub_dir) -> None:
         assert on_gpu["results"]["test"]["ours_1"][key] == pytest.approx(
             on_cpu["results"]["test"]["ours_1"][key], rel=1e-3, abs=1e-5
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.py --masks: PSNR and SSIM inside face regions
+
+
+def ref_ssim_map_2d(x: np.ndarray, y: np.ndarray, size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """Reference SSIM map (C,H,W) in float64 with OpenCV's 2-D filter (zero border)."""
+    g = cv2.getGaussianKernel(size, sigma, cv2.CV_64F)
+    kernel = g @ g.T
+
+    def blur(t: np.ndarray) -> np.ndarray:
+        return np.stack([cv2.filter2D(c, -1, kernel, borderType=cv2.BORDER_CONSTANT) for c in t])
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+
+
+def _region_dataset(root, model: str) -> str:
+    """Dataset folder with regions/ for the 3 views of _make_model's test/ours_10, named in cfg_args.json.
+
+    00000: mouth 6x5 and eyes 4x4 pixels; 00001: mouth 10x8 (+1 stray), eyes 3x5 (< 16 pixels,
+    skipped); 00002: map stored at twice the render's size; 00003 (no such render) is ignored.
+    """
+    data = root / "dataset"
+    (data / "regions").mkdir(parents=True)
+    maps = {}
+    m = np.ones((40, 48), np.uint8)
+    m[5:10, 10:16], m[20:24, 30:34] = 2, 3
+    maps["00000.png"] = m
+    m = np.ones((40, 48), np.uint8)
+    m[30:38, 2:12], m[0, 47], m[12:15, 40:45] = 2, 2, 3
+    maps["00001.png"] = m
+    m = np.zeros((40, 48), np.uint8)
+    m[10:30, 5:20], m[2:6, 40:46] = 2, 3
+    maps["00002.png"] = np.repeat(np.repeat(m, 2, 0), 2, 1)
+    maps["00003.png"] = m
+    for name, labels in maps.items():
+        assert cv2.imwrite(str(data / "regions" / name), labels)
+    with open(os.path.join(model, "cfg_args.json"), "w") as f:
+        json.dump({"source_path": str(data)}, f)
+    return str(data)
+
+
+def _load01(path: str) -> np.ndarray:
+    return cv2.imread(path, cv2.IMREAD_COLOR)[:, :, ::-1].astype(np.float64).transpose(2, 0, 1) / 255.0
+
+
+def test_masks_region_metrics_match_independent_computation(tmp_path, capsys) -> None:
+    model = _make_model(tmp_path, {"test/ours_10": 3})
+    data = _region_dataset(tmp_path, model)
+    out = metrics.evaluate_model(model, use_lpips=False, device="cpu", progress=False, masks=True)
+    printed = capsys.readouterr().out
+    assert os.path.join(data, "regions") in printed
+    assert "eyes in 2/3 views (1 with < 16 eyes pixels skipped)" in printed
+
+    pv = out["per_view"]["test"]["ours_10"]
+    res = out["results"]["test"]["ours_10"]
+    assert sorted(pv["PSNR_mouth"]) == ["00000.png", "00001.png", "00002.png"]
+    assert sorted(pv["PSNR_eyes"]) == ["00000.png", "00002.png"]
+    folder = os.path.join(model, "test", "ours_10")
+    for name in ("00001.png", "00002.png"):
+        labels = cv2.imread(os.path.join(data, "regions", name), cv2.IMREAD_UNCHANGED)
+        labels = labels[::2, ::2] if labels.shape[0] == 80 else labels
+        r = _load01(os.path.join(folder, "renders", name))
+        g = _load01(os.path.join(folder, "gt", name))
+        smap = ref_ssim_map_2d(r, g)
+        for region, value in (("mouth", 2), ("eyes", 3)):
+            mask = labels == value
+            if mask.sum() < 16:
+                continue
+            mse = ((r - g) ** 2)[:, mask].mean()
+            assert pv[f"PSNR_{region}"][name] == pytest.approx(-10 * np.log10(mse), abs=1e-4)
+            assert pv[f"SSIM_{region}"][name] == pytest.approx(smap[:, mask].mean(), abs=1e-5)
+    assert pv["PSNR_mouth"]["00000.png"] == PSNR_CAP_DB  # the identical pair
+    for region in ("mouth", "eyes"):
+        assert res[f"views_{region}"] == len(pv[f"PSNR_{region}"])
+        for key in ("PSNR", "SSIM"):
+            assert res[f"{key}_{region}"] == pytest.approx(np.mean(list(pv[f"{key}_{region}"].values())))
+    with open(os.path.join(model, "results.json")) as f:
+        assert json.load(f) == out["results"]
+    with open(os.path.join(model, "per_view.json")) as f:
+        assert json.load(f)["test"]["ours_10"]["SSIM_eyes"] == pv["SSIM_eyes"]
+    table = metrics.format_table(model, out["results"], out["per_view"])
+    assert "Regions" in table and "mouth" in table and "eyes" in table
+
+    # a render without region map is counted, not fatal
+    os.remove(os.path.join(data, "regions", "00002.png"))
+    metrics.evaluate_model(model, use_lpips=False, device="cpu", progress=False, masks=True)
+    assert "1 views have no region map" in capsys.readouterr().out
+
+
+def test_masks_without_region_maps_says_the_dataset_has_none(tmp_path, capsys) -> None:
+    model = _make_model(tmp_path, {"test/ours_10": 2})
+    (tmp_path / "plain_dataset").mkdir()
+    with open(os.path.join(model, "cfg_args.json"), "w") as f:
+        json.dump({"source_path": str(tmp_path / "plain_dataset")}, f)
+    out = metrics.evaluate_model(model, use_lpips=False, device="cpu", progress=False, masks=True)
+    err = capsys.readouterr().err
+    assert "has no region maps" in err and "plain_dataset" in err
+    assert set(out["results"]["test"]["ours_10"]) == {"PSNR", "SSIM", "LPIPS"}
+    # a renders-only folder (no cfg_args.json) scores without --masks, and --masks says why not
+    os.remove(os.path.join(model, "cfg_args.json"))
+    assert metrics.evaluate_model(model, use_lpips=False, device="cpu", progress=False)["results"]
+    metrics.evaluate_model(model, use_lpips=False, device="cpu", progress=False, masks=True)
+    assert "cfg_args.json is missing" in capsys.readouterr().err
+    with pytest.raises(metrics.MetricsError, match="--regions .*nowhere"):
+        metrics.evaluate_model(model, use_lpips=False, device="cpu", progress=False, masks=True,
+                               regions_dir=str(tmp_path / "nowhere"))
+
+
+def test_cli_regions_flag_prints_region_table(tmp_path) -> None:
+    model = _make_model(tmp_path, {"val/ours_3": 3})
+    data = _region_dataset(tmp_path, model)
+    os.remove(os.path.join(model, "cfg_args.json"))  # --regions needs no dataset
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "metrics.py"), "-m", model, "--no_lpips", "--quiet",
+         "--device", "cpu", "--regions", os.path.join(data, "regions")],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Regions" in proc.stdout and "mouth" in proc.stdout
+    with open(os.path.join(model, "results.json")) as f:
+        assert json.load(f)["val"]["ours_3"]["views_mouth"] == 3
