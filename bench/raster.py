@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -197,7 +196,7 @@ def main(argv=None):
             print(f"gsplat unavailable: {type(exc).__name__}: {exc}", flush=True)
             have_gsplat = False
 
-    rows, results = [], []
+    results = []
     for case in args.cases.split(","):
         n, w, h = (int(v) for v in case.lower().split("x"))
         scene = head_scene(n)
@@ -229,8 +228,8 @@ def main(argv=None):
         del scene
         torch.cuda.empty_cache()
 
-    head = (f"| N | image (WxH) | pass | ours ms | gsplat ms | ours/gsplat | ours peak MB | "
-            f"gsplat peak MB |")
+    head = ("| N | image (WxH) | pass | ours ms | gsplat ms | ours/gsplat | ours peak MB | "
+            "gsplat peak MB |")
     print()
     print(head)
     print("|" + "---|" * 8)

@@ -59,7 +59,6 @@ class DensityController:
         (F,) converts local scales to world ones under ``--face_scale``.
         """
         p, b = model.params, model.binding
-        n = model.num_gaussians
         grads = self.grad_accum / self.denom.clamp_min(1.0)
         scale_local = torch.exp(p["scaling"])
         world_size = scale_local.max(dim=1).values

@@ -6,7 +6,7 @@ Axes follow the data format: x right, y up, z toward the viewer (the face looks 
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 

@@ -159,8 +159,11 @@ def test_empty_selection_trains_nothing_in_that_step(tiny_head, tmp_path):
 
 
 def run_cli(*argv):
+    """Run a command as a user would; the packages come from the working tree, as in conftest."""
+    paths = [str(ROOT / "submodules" / s) for s in ("diff-gaussian-rasterization", "simple-knn")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
 
 
 def test_commands_report_bad_input_without_a_traceback(tiny_head, tmp_path):

@@ -7,7 +7,7 @@ The parameters are owned by the caller (a name -> tensor dict), so densification
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -94,6 +94,3 @@ class SelectiveAdam:
         for name, st in sd["state"].items():
             p = self.params[name]
             self.state[name] = {k: t.to(device=p.device) for k, t in st.items()}
-
-    def names(self) -> List[str]:
-        return list(self.params)
