@@ -292,7 +292,8 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         bar = tqdm(range(self.first_iteration, last + 1), desc="Training", disable=a.quiet,
                    initial=self.first_iteration - 1, total=last, dynamic_ncols=True)
-        ema, start = None, time.time()
+        ema, start = None, time.perf_counter()
+        self.side_seconds = 0.0  # evaluation and saving, not training
         try:
             for iteration in bar:
                 loss = self.train_step(iteration)
@@ -300,12 +301,14 @@ class Trainer:
                     value = loss.item()
                     ema = value if ema is None else 0.6 * value + 0.4 * ema
                     bar.set_postfix(loss=f"{ema:.4f}", n=self.model.num_gaussians)
+                side = time.perf_counter()
                 if iteration in tests:
                     self.evaluate(iteration)
                 if iteration in saves:
                     self.log(f"\n[ITER {iteration}] Saved {self.save_model(iteration)}")
                 if iteration in checkpoints:
                     self.log(f"\n[ITER {iteration}] Checkpoint {self.save_checkpoint(iteration)}")
+                self.side_seconds += time.perf_counter() - side
                 if self.stop_requested:
                     path = self.save_checkpoint(iteration)
                     bar.close()
@@ -315,7 +318,10 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous)
             bar.close()
-        self.log(f"Training done in {time.time() - start:.1f} s; model in {self.model_dir}")
+        total = time.perf_counter() - start
+        self.train_seconds = total - self.side_seconds
+        self.log(f"Training done in {total:.1f} s ({self.train_seconds:.1f} s training, the rest "
+                 f"evaluating and saving); model in {self.model_dir}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,0 +1,104 @@
+"""The STGA ablation: plain training vs frame-grouped order vs frame-grouped with selection.
+
+    python bench/ablation.py [-s demo] [--iterations 3000] [--arms plain grouped paper]
+
+Trains each arm with the same seed and iteration count, then scores the test and val splits over
+the whole image and inside the mouth and eye regions (from the dataset's ``regions/`` label maps:
+2 = mouth, 3 = eyes), and reports the training time per iteration. Prints a Markdown table and
+writes ``<out>/ablation.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import train  # noqa: E402
+from gaussian_renderer import render  # noqa: E402
+from utils.image_metrics import masked_psnr, masked_ssim, psnr, ssim  # noqa: E402
+
+ARMS = {
+    "plain": ["--order", "random", "--selection", "none"],
+    "grouped": ["--order", "frames", "--selection", "none"],
+    "paper": ["--order", "frames", "--selection", "paper"],
+}
+REGIONS = {"mouth": 2, "eyes": 3}
+
+
+@torch.no_grad()
+def score(trainer: train.Trainer) -> dict:
+    """Mean PSNR/SSIM per split over the whole image and inside each region."""
+    out = {}
+    root = trainer.dataset.root
+    for split in ("test", "val"):
+        cams = trainer.dataset.splits.get(split) or []
+        sums: dict = {}
+        for cam in cams:
+            world = trainer.model.world(trainer.frames(cam.keyframe))
+            image = render(cam, world, trainer.background)["render"].clamp(0, 1)
+            gt = cam.gt_image(trainer.background)
+            values = {"PSNR": psnr(image, gt).item(), "SSIM": ssim(image, gt).item()}
+            labels = cv2.imread(str(root / "regions" / f"{cam.image_name}.png"),
+                                cv2.IMREAD_UNCHANGED)
+            for region, label in REGIONS.items():
+                mask = torch.from_numpy(labels == label).to(image.device)
+                if mask.sum() < 4:
+                    continue
+                values[f"{region} PSNR"] = masked_psnr(image, gt, mask).item()
+                values[f"{region} SSIM"] = masked_ssim(image, gt, mask).item()
+            for key, value in values.items():
+                sums.setdefault(key, []).append(value)
+        out[split] = {k: float(np.mean(v)) for k, v in sums.items()}
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-s", "--source_path", default="demo", help="dataset (default: demo)")
+    parser.add_argument("--iterations", type=int, default=3000, help="iterations per arm")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
+                        help="which arms to train")
+    parser.add_argument("--out", default="output/ablation", help="folder for models and json")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if any)")
+    parser.add_argument("extra", nargs=argparse.REMAINDER,
+                        help="further train.py options after --, applied to every arm")
+    args = parser.parse_args()
+    extra = [a for a in args.extra if a != "--"]
+    results = {}
+    for arm in args.arms:
+        argv = ["-s", args.source_path, "-m", f"{args.out}/{arm}", "--quiet",
+                "--iterations", str(args.iterations), "--test_iterations", "-1",
+                "--save_iterations", str(args.iterations), *ARMS[arm], *extra]
+        if args.device:
+            argv += ["--device", args.device]
+        trainer = train.Trainer(train.resolve_defaults(train.build_parser().parse_args(argv)))
+        trainer.run()
+        seconds = trainer.train_seconds  # the loop alone, without evaluation and saving
+        results[arm] = {"seconds": seconds, "ms_per_iteration": 1000 * seconds / args.iterations,
+                        "gaussians": trainer.model.num_gaussians, **score(trainer)}
+        print(f"{arm}: {seconds:.1f} s, {results[arm]}", flush=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "ablation.json").write_text(json.dumps(results, indent=2))
+    columns = ["PSNR", "SSIM", "mouth PSNR", "mouth SSIM", "eyes PSNR", "eyes SSIM"]
+    print("\n| arm | split | " + " | ".join(columns) + " | ms/it | Gaussians |")
+    print("|" + " --- |" * (len(columns) + 4))
+    for arm, r in results.items():
+        for split in ("test", "val"):
+            cells = [f"{r[split][c]:.3f}" if "SSIM" in c else f"{r[split][c]:.2f}"
+                     for c in columns if c in r[split]]
+            print(f"| {arm} | {split} | " + " | ".join(cells)
+                  + f" | {r['ms_per_iteration']:.1f} | {r['gaussians']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
