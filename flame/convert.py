@@ -41,7 +41,7 @@ from flame.model import FlameLayer
 from flame.model_file import FlameModelError, load_flame_model
 from flame.params import FlameParams, read_flame_params
 from flame.teeth import LipRingError
-from scene.dataset import read_image
+from scene.dataset import read_image, read_transforms_json
 from scene.errors import DatasetError
 from scene.meshes import MESH_DIR, mesh_filename
 from utils.atomic import atomic_path
@@ -148,12 +148,7 @@ def read_source_transforms(root: Path) -> Dict[str, List[SourceFrame]]:
                 raise DatasetError(f"{path}: file is missing (a GaussianAvatars dataset has "
                                    "transforms_train.json)")
             continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("frames"), list):
-            raise DatasetError(f"{path}: expected an object with a list 'frames'")
+        data = read_transforms_json(path)
         frames = []
         for i, fr in enumerate(data["frames"]):
             where = f"{path}: frame {i}"

@@ -7,7 +7,6 @@ problem is reported as a ``DatasetError`` that names the file.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from scene.cameras import Camera, intrinsics_from_fov, opengl_c2w_to_opencv_w2c
-from scene.errors import DatasetError
+from scene.errors import DatasetError, read_json_file
 from scene.meshes import load_mesh_sequence
 
 SPLITS = ("train", "test", "val")
@@ -69,14 +68,9 @@ class StgaDataset:
         return path if path.exists() else None
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+def read_transforms_json(path: Path) -> dict:
+    """Read a transforms file and check it is an object with a list 'frames'."""
+    data = read_json_file(path)
     if not isinstance(data, dict) or not isinstance(data.get("frames"), list):
         raise DatasetError(f"{path}: expected an object with a list 'frames'")
     return data
@@ -96,7 +90,7 @@ def _matrix(value, shape: Tuple[int, int], where: str) -> np.ndarray:
 
 def parse_transforms(path: Path, split: str, root: Path) -> List[FrameRecord]:
     """Parse and validate one ``transforms_<split>.json`` (images are not read here)."""
-    data = _read_json(path)
+    data = read_transforms_json(path)
     top_fov = (data.get("camera_angle_x"), data.get("camera_angle_y"))
     records = []
     for i, frame in enumerate(data["frames"]):

@@ -8,7 +8,6 @@ and modification times).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from scene.errors import DatasetError
+from scene.errors import DatasetError, read_json_file
 from utils.atomic import atomic_path
 
 MESH_DIR = "meshes"
@@ -58,13 +57,7 @@ def _mesh_file(folder: Path, keyframe: int) -> Path:
 
 def parse_mesh_json(path: Path) -> np.ndarray:
     """Read one mesh file into a (F, 3, 3) float32 array, validating its structure and values."""
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: mesh file is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json_file(path, "mesh file")
     triangles = data.get("triangles") if isinstance(data, dict) else None
     if not isinstance(triangles, list) or not triangles:
         raise DatasetError(f"{path}: expected an object with a non-empty list 'triangles'")

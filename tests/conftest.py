@@ -15,6 +15,15 @@ for _sub in ("diff-gaussian-rasterization", "simple-knn"):
         sys.path.insert(0, _path)
 
 
+@pytest.fixture
+def single_thread():
+    """Small tensors: one thread is faster, and unaffected by other work on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -6,13 +6,7 @@ import simple_knn
 from simple_knn._C import distCUDA2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster, and unaffected by other work on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def brute_force(points: torch.Tensor) -> torch.Tensor:
