@@ -25,7 +25,7 @@ from arguments import (DEFAULT_ITERATIONS, DEMO_ITERATIONS, DEMO_SOURCE, add_mod
 from gaussian_renderer import render
 from scene import resolve_source
 from scene.binding import face_frames
-from scene.dataset import StgaDataset, load_dataset
+from scene.dataset import StgaDataset, load_dataset, load_training_faces
 from scene.densify import DensityController
 from scene.errors import DatasetError
 from scene.gaussian_model import GaussianModel
@@ -98,12 +98,15 @@ class Trainer:
         source = resolve_source(args.source_path)
         self.dataset = load_dataset(source, resolution=args.resolution, quiet=args.quiet,
                                     require_training_faces=args.selection == "paper")
-        if not args.eval:
+        if not args.eval:  # train on every split: their keyframes need training faces too
             for split in ("test", "val"):
                 self.dataset.splits["train"] += self.dataset.splits.pop(split, [])
+            self.dataset.training_faces = load_training_faces(
+                self.dataset.root, sorted({c.keyframe for c in self.dataset.splits["train"]}),
+                self.dataset.num_faces, required=args.selection == "paper")
         self.train_cameras = self.dataset.splits["train"]
         self.meshes = torch.from_numpy(self.dataset.meshes).to(self.device)
-        self.reference_keyframe = self.train_cameras[0].keyframe
+        self.reference_keyframe = min(c.keyframe for c in self.train_cameras)
         self.extent = scene_extent(self.dataset)
         self.background = torch.tensor([1.0, 1.0, 1.0] if args.white_background else [0.0] * 3,
                                        device=self.device)

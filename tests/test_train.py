@@ -145,6 +145,18 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes_exactly(tiny_head, tmp_path, mo
         assert torch.equal(resumed.model.params[name], straight.model.params[name]), name
 
 
+def test_no_eval_trains_on_every_split_with_selection(tiny_head, tmp_path):
+    t = trainer(tiny_head, tmp_path / "m", "--no-eval", "--iterations", "30",
+                "--global_warmup", "0", "--global_every", "1000", "--no-densify")
+    assert set(t.dataset.splits) == {"train"}
+    assert len(t.train_cameras) == 4 * 3 + 2 * 3 + 4  # train + test + val images
+    keyframes = {c.keyframe for c in t.train_cameras}
+    assert keyframes == set(t.dataset.training_faces)
+    for it in range(1, 31):  # visits test keyframes selectively without a KeyError
+        t.train_step(it)
+    assert t.reference_keyframe == min(keyframes)
+
+
 def test_empty_selection_trains_nothing_in_that_step(tiny_head, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_head, data)
