@@ -2,7 +2,7 @@
 # On a GPU machine (repo root as cwd): the whole test suite, the demo trained/rendered/scored on
 # the GPU, and the selection ablation. Wheels for missing packages are taken from .whl/.
 #
-#   bash bench/device_train.sh [tests] [demo] [ablation ITERATIONS ...]
+#   bash bench/device_train.sh [tests] [demo] [ablation ITERATIONS ...] [train_step]
 set -u
 OUT=${OUT:-/tmp/stga_out}
 mkdir -p "$OUT"
@@ -30,6 +30,9 @@ while [ $# -gt 0 ]; do
       shift; its=$1
       say "ablation at $its iterations"
       python3 bench/ablation.py --iterations "$its" --out "/tmp/ablation_$its" 2>&1 | tail -9 | tee "$OUT/ablation_$its.txt" ;;
+    train_step)
+      say "training step, phase by phase"
+      python3 bench/train_step.py --json "$OUT/train_step.json" 2>&1 | tail -40 | tee "$OUT/train_step.txt" ;;
   esac
   shift
 done

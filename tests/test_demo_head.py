@@ -406,3 +406,12 @@ def test_cache_path_and_reuse(tmp_path, monkeypatch):
     p.mkdir(parents=True)
     (p / "transforms_train.json").write_text('{"frames": []}')
     assert ensure_demo_dataset(tmp_path, seed=5) == p     # reused, not regenerated
+
+
+def test_points_per_face_sets_the_initial_gaussian_count(tmp_path):
+    out = write_demo_dataset(tmp_path / "dense", seed=3, points_per_face=5, **TINY)
+    index = np.asarray(PlyData.read(str(out / "points3d.ply"))["vertex"]["index"], np.int64)
+    faces = len(_read_mesh(out, 0))
+    assert np.array_equal(np.bincount(index, minlength=faces), np.full(faces, 5))
+    with pytest.raises(ValueError, match="points_per_face"):
+        write_demo_dataset(tmp_path / "bad", seed=3, points_per_face=0, **TINY)

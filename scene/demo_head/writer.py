@@ -3,10 +3,10 @@
 Layout written (see the STGA data format): ``transforms_{train,test,val}.json``, ``images/`` (RGBA
 PNG, alpha = coverage), ``regions/`` (uint8 labels 0 background, 1 skin/other, 2 mouth, 3 eyes, one
 per image, same stem), ``meshes/mesh_XXXX.json``, ``training_faces/XXXX.npy`` (from the selection
-module, on all keyframes), ``points3d.ply`` (two points per face at the first training keyframe)
-and ``demo_info.json`` (how it was made). Everything is a pure function of the arguments: two runs
-give the same bytes. The dataset is assembled in a temporary folder beside the target and renamed
-into place at the end, so a reader never sees half a dataset.
+module, on all keyframes), ``points3d.ply`` (two points per face, or ``points_per_face``, at the
+first training keyframe) and ``demo_info.json`` (how it was made). Everything is a pure function
+of the arguments: two runs give the same bytes. The dataset is assembled in a temporary folder
+beside the target and renamed into place at the end, so a reader never sees half a dataset.
 """
 from __future__ import annotations
 
@@ -81,10 +81,10 @@ def _write_transforms(scene: DemoScene, root: Path) -> None:
         (root / f"transforms_{name}.json").write_text(f'{{"frames": [\n  {body}\n]}}\n')
 
 
-def _write_points(scene: DemoScene, root: Path) -> None:
+def _write_points(scene: DemoScene, root: Path, per_face: int) -> None:
     first = int(scene.train_keyframes[0])
     rng = np.random.default_rng([scene.seed, 1])
-    face, bary, _, local = points_on_faces(scene.meshes[first], POINTS_PER_FACE, rng)
+    face, bary, _, local = points_on_faces(scene.meshes[first], per_face, rng)
     rgb = np.round(scene.surface_colour(face, bary) * 255.0).astype(np.uint8)
     write_points_ply(root / "points3d.ply", local, face, rgb)
 
@@ -121,17 +121,24 @@ def _write_info(scene: DemoScene, root: Path, config: dict) -> None:
 def write_demo_dataset(out_dir: Path, seed: int = 0, width: int = 128, height: int = 160,
                        n_train_frames: int = 24, n_test_frames: int = 6, n_cameras: int = 8,
                        supersample: int = 3, texture_size: int = 1024, progress: bool = True,
-                       overwrite: bool = False) -> Path:
+                       overwrite: bool = False, points_per_face: int = POINTS_PER_FACE) -> Path:
     """Generate the demo dataset into ``out_dir`` (atomically) and return its path.
 
+    ``points_per_face`` sets how many initial Gaussians ``points3d.ply`` holds per face (larger
+    models for benchmarks); it is recorded in ``demo_info.json`` only when it differs from the
+    default, so the default dataset keeps the same bytes as before the option existed.
     Raises FileExistsError if ``out_dir`` exists, unless ``overwrite``.
     """
+    if points_per_face < 1:
+        raise ValueError(f"points_per_face must be at least 1, got {points_per_face}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists")
     config = {"seed": seed, "width": width, "height": height, "n_train_frames": n_train_frames,
               "n_test_frames": n_test_frames, "n_cameras": n_cameras,
               "supersample": supersample, "texture_size": texture_size}
+    if points_per_face != POINTS_PER_FACE:
+        config["points_per_face"] = points_per_face
     scene = build_demo_scene(seed=seed, width=width, height=height, n_train_frames=n_train_frames,
                              n_test_frames=n_test_frames, n_cameras=n_cameras,
                              texture_size=texture_size)
@@ -142,7 +149,7 @@ def write_demo_dataset(out_dir: Path, seed: int = 0, width: int = 128, height: i
         _write_meshes(scene, tmp / "meshes")
         _render_all(scene, tmp, supersample, progress)
         _write_transforms(scene, tmp)
-        _write_points(scene, tmp)
+        _write_points(scene, tmp, points_per_face)
         _write_selection(scene, tmp, progress)
         _write_info(scene, tmp, config)
         if out_dir.exists():   # overwrite: move the old one aside first, drop it afterwards
