@@ -41,7 +41,7 @@ from flame.model import FlameLayer
 from flame.model_file import FlameModelError, load_flame_model
 from flame.params import FlameParams, read_flame_params
 from flame.teeth import LipRingError
-from scene.dataset import read_image, read_transforms_json
+from scene.dataset import frame_id, parse_matrix, read_image, read_transforms_json
 from scene.errors import DatasetError
 from scene.meshes import MESH_DIR, mesh_filename
 from utils.atomic import atomic_path
@@ -154,19 +154,11 @@ def read_source_transforms(root: Path) -> Dict[str, List[SourceFrame]]:
             where = f"{path}: frame {i}"
             if not isinstance(fr, dict):
                 raise DatasetError(f"{where}: is not an object")
-            t = fr.get("timestep_index", fr.get("keyframe"))
-            if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-                raise DatasetError(f"{where}: needs a non-negative integer 'timestep_index', "
-                                   f"got {t!r}")
+            t = frame_id(fr, ("timestep_index", "keyframe"), where)
             for key in ("file_path", "flame_param_path", "transform_matrix"):
                 if key not in fr:
                     raise DatasetError(f"{where}: needs '{key}'")
-            try:
-                c2w = np.asarray(fr["transform_matrix"], dtype=np.float64)
-            except (TypeError, ValueError):
-                c2w = np.zeros(0)
-            if c2w.shape != (4, 4) or not np.isfinite(c2w).all():
-                raise DatasetError(f"{where}: 'transform_matrix' must be a finite 4x4 matrix")
+            c2w = parse_matrix(fr["transform_matrix"], (4, 4), f"{where} 'transform_matrix'")
             image = _existing(root, str(fr["file_path"]))
             mask = fr.get("fg_mask_path")
             mask = None if not mask else _existing(root, str(mask))

@@ -76,7 +76,8 @@ def read_transforms_json(path: Path) -> dict:
     return data
 
 
-def _matrix(value, shape: Tuple[int, int], where: str) -> np.ndarray:
+def parse_matrix(value, shape: Tuple[int, int], where: str) -> np.ndarray:
+    """A finite numeric matrix of ``shape`` from JSON, or a DatasetError naming ``where``."""
     try:
         m = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -88,6 +89,15 @@ def _matrix(value, shape: Tuple[int, int], where: str) -> np.ndarray:
     return m
 
 
+def frame_id(frame: dict, keys: Sequence[str], where: str) -> int:
+    """The frame's integer id under the first of ``keys`` present (e.g. keyframe, timestep_index)."""
+    value = next((frame[k] for k in keys if k in frame), None)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        names = f"'{keys[0]}'" + "".join(f" (or '{k}')" for k in keys[1:])
+        raise DatasetError(f"{where}: needs a non-negative integer {names}, got {value!r}")
+    return int(value)
+
+
 def parse_transforms(path: Path, split: str, root: Path) -> List[FrameRecord]:
     """Parse and validate one ``transforms_<split>.json`` (images are not read here)."""
     data = read_transforms_json(path)
@@ -97,10 +107,7 @@ def parse_transforms(path: Path, split: str, root: Path) -> List[FrameRecord]:
         where = f"{path}: frame {i}"
         if not isinstance(frame, dict):
             raise DatasetError(f"{where}: is not an object")
-        keyframe = frame.get("keyframe", frame.get("timestep_index"))
-        if isinstance(keyframe, bool) or not isinstance(keyframe, (int, np.integer)) or keyframe < 0:
-            raise DatasetError(f"{where}: needs a non-negative integer 'keyframe' (or "
-                               f"'timestep_index'), got {keyframe!r}")
+        keyframe = frame_id(frame, ("keyframe", "timestep_index"), where)
         file_path = frame.get("file_path")
         if not isinstance(file_path, str) or not file_path:
             raise DatasetError(f"{where}: needs 'file_path'")
@@ -108,11 +115,11 @@ def parse_transforms(path: Path, split: str, root: Path) -> List[FrameRecord]:
             file_path += ".png"
         if "transform_matrix" not in frame:
             raise DatasetError(f"{where}: needs 'transform_matrix'")
-        c2w = _matrix(frame["transform_matrix"], (4, 4), f"{where} 'transform_matrix'")
+        c2w = parse_matrix(frame["transform_matrix"], (4, 4), f"{where} 'transform_matrix'")
         if abs(np.linalg.det(c2w[:3, :3])) < 1e-8:
             raise DatasetError(f"{where}: 'transform_matrix' has a singular rotation")
         K = frame.get("K", data.get("K"))
-        K = None if K is None else _matrix(K, (3, 3), f"{where} 'K'")
+        K = None if K is None else parse_matrix(K, (3, 3), f"{where} 'K'")
         if K is not None and (K[0, 0] <= 0 or K[1, 1] <= 0):
             raise DatasetError(f"{where}: 'K' needs positive focal lengths")
         fov_x = frame.get("camera_angle_x", top_fov[0])
@@ -127,7 +134,7 @@ def parse_transforms(path: Path, split: str, root: Path) -> List[FrameRecord]:
                 raise DatasetError(f"{where}: camera angles must lie in (0, pi) radians")
         w, h = frame.get("w", data.get("w")), frame.get("h", data.get("h"))
         size = None if w is None or h is None else (int(w), int(h))
-        records.append(FrameRecord(split, int(keyframe), root / file_path, c2w, K, fov, size,
+        records.append(FrameRecord(split, keyframe, root / file_path, c2w, K, fov, size,
                                    frame.get("camera_index")))
     return records
 
