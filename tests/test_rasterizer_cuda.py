@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from diff_gaussian_rasterization import GaussianRasterizationSettings, rasterize_gaussians
+from diff_gaussian_rasterization import rasterize_gaussians
+from raster_scenes import camera_settings
 
 IMG_TOL = 1e-4
 GRAD_TOL = 1e-3
@@ -41,18 +42,9 @@ def make_settings(width, height, tany=0.35, cx_off=0.0, cy_off=0.0, seed=0, dist
     rot = np.stack([right, down, fwd])
     w2v = np.eye(4)
     w2v[:3, :3], w2v[:3, 3] = rot, -rot @ campos
-    tanx = tany * width / height
-    znear, zfar = 0.01, 100.0
-    proj = np.zeros((4, 4))
-    proj[0, 0], proj[0, 2] = 1.0 / tanx, cx_off
-    proj[1, 1], proj[1, 2] = 1.0 / tany, cy_off
-    proj[2, 2], proj[2, 3] = zfar / (zfar - znear), -zfar * znear / (zfar - znear)
-    proj[3, 2] = 1.0
-    t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32, device=device)
-    return GaussianRasterizationSettings(
-        image_height=height, image_width=width, tanfovx=tanx, tanfovy=tany, bg=t(bg),
-        scale_modifier=scale_modifier, viewmatrix=t(w2v.T), projmatrix=t((proj @ w2v).T),
-        sh_degree=sh_degree, campos=t(campos), prefiltered=False, debug=False)
+    return camera_settings(w2v, campos, width, height, tany * width / height, tany, cx_off=cx_off,
+                           cy_off=cy_off, bg=bg, sh_degree=sh_degree,
+                           scale_modifier=scale_modifier, device=device)
 
 
 def random_scene(n, seed=0, spread=0.6, scale=(0.01, 0.06), opacity=(0.05, 0.99), K=16,

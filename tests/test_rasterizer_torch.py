@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from diff_gaussian_rasterization import (GaussianRasterizationSettings, rasterize_gaussians,
-                                         torch_backend)
+from diff_gaussian_rasterization import rasterize_gaussians, torch_backend
+from raster_scenes import camera_settings
 
 C0 = 0.28209479177387814
 C1 = 0.4886025119029199
@@ -37,18 +37,9 @@ def make_camera(width, height, tanx, tany, cx_off=0.0, cy_off=0.0, seed=0, bg=(0
     trans = g.normal(size=3) * 0.3
     w2v = np.eye(4)
     w2v[:3, :3], w2v[:3, 3] = rot, trans
-    znear, zfar = 0.01, 100.0
-    proj = np.zeros((4, 4))
-    proj[0, 0], proj[0, 2] = 1.0 / tanx, cx_off
-    proj[1, 1], proj[1, 2] = 1.0 / tany, cy_off
-    proj[2, 2], proj[2, 3] = zfar / (zfar - znear), -zfar * znear / (zfar - znear)
-    proj[3, 2] = 1.0
-    campos = -rot.T @ trans
-    t = lambda a: torch.tensor(a, dtype=dtype)
-    settings = GaussianRasterizationSettings(
-        image_height=height, image_width=width, tanfovx=tanx, tanfovy=tany, bg=t(bg),
-        scale_modifier=scale_modifier, viewmatrix=t(w2v.T), projmatrix=t((proj @ w2v).T),
-        sh_degree=sh_degree, campos=t(campos), prefiltered=False, debug=False)
+    settings = camera_settings(w2v, -rot.T @ trans, width, height, tanx, tany, cx_off=cx_off,
+                               cy_off=cy_off, bg=bg, sh_degree=sh_degree,
+                               scale_modifier=scale_modifier, dtype=dtype)
     return settings, w2v
 
 

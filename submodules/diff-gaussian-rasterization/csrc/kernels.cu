@@ -153,6 +153,29 @@ __device__ __forceinline__ void pixel_of(int tid, int& lx, int& ly) {
   ly = ((warp >> 1) << 2) | (lane >> 3);
 }
 
+// The pixel of a thread of the blending passes (forward and backward), whether it lies in the
+// W x H image, its centre, and the block's tile range [range.x, range.y) of point_list.
+struct TilePixel {
+  int x, y;
+  bool inside;
+  float cx, cy;
+  int2 range;
+};
+
+__device__ __forceinline__ TilePixel tile_pixel(int tid, int W, int H,
+                                                const int2* __restrict__ ranges) {
+  int lx, ly;
+  pixel_of(tid, lx, ly);
+  TilePixel p;
+  p.x = blockIdx.x * kTile + lx;
+  p.y = blockIdx.y * kTile + ly;
+  p.inside = p.x < W && p.y < H;
+  p.cx = (float)p.x + 0.5f;
+  p.cy = (float)p.y + 0.5f;
+  p.range = ranges[blockIdx.y * gridDim.x + blockIdx.x];
+  return p;
+}
+
 constexpr int kFwdGroup = 4;   // Gaussians whose alphas are computed together (latency hiding)
 
 __global__ void __launch_bounds__(kBlock)
@@ -165,12 +188,7 @@ render_fwd_kernel(int W, int H, const int2* __restrict__ ranges, const int* __re
   __shared__ float4 s_co[kBlock];
   __shared__ float4 s_rgb[kBlock];
   const int tid = threadIdx.x;
-  int lx, ly;
-  pixel_of(tid, lx, ly);
-  const int x = blockIdx.x * kTile + lx, y = blockIdx.y * kTile + ly;
-  const bool inside = x < W && y < H;
-  const float cx = (float)x + 0.5f, cy = (float)y + 0.5f;
-  const int2 range = ranges[blockIdx.y * gridDim.x + blockIdx.x];
+  const auto [x, y, inside, cx, cy, range] = tile_pixel(tid, W, H, ranges);
 
   bool done = !inside;
   float T = 1.f, C0 = 0.f, C1 = 0.f, C2 = 0.f;
@@ -286,12 +304,7 @@ render_bwd_kernel(int W, int H, const int2* __restrict__ ranges, const int* __re
   __shared__ float4 s_rgb[kBlock];
   __shared__ int s_max;
   const int tid = threadIdx.x, lane = tid & 31;
-  int lx, ly;
-  pixel_of(tid, lx, ly);
-  const int x = blockIdx.x * kTile + lx, y = blockIdx.y * kTile + ly;
-  const bool inside = x < W && y < H;
-  const float cx = (float)x + 0.5f, cy = (float)y + 0.5f;
-  const int2 range = ranges[blockIdx.y * gridDim.x + blockIdx.x];
+  const auto [x, y, inside, cx, cy, range] = tile_pixel(tid, W, H, ranges);
   const int pix = y * W + x, HW = H * W;
 
   float T = 1.f;

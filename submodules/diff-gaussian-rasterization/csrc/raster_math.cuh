@@ -504,6 +504,25 @@ STGA_UNROLL
   cov3d_from_sr(s, R, cov);
 }
 
+// The EWA projection of the 3D covariance cov seen at the view point t (shared by the forward and
+// the backward preprocessing).
+struct Cov2D {
+  Jac J;                 // T = J Wr
+  float S0[3], S1[3];    // cov T0, cov T1
+  float a, b, c;         // 2D covariance [[a, b], [b, c]], low-pass term included
+};
+
+STGA_HD void ewa_cov2d(const Cam& cam, const float t[3], const float cov[6], Cov2D& p) {
+  make_jac(cam, t, p.J);
+  sym_mul(cov, p.J.T0, p.S0);
+  sym_mul(cov, p.J.T1, p.S1);
+  const float* T0 = p.J.T0;
+  const float* T1 = p.J.T1;
+  p.a = T0[0] * p.S0[0] + T0[1] * p.S0[1] + T0[2] * p.S0[2] + kLowPass;
+  p.b = T0[0] * p.S1[0] + T0[1] * p.S1[1] + T0[2] * p.S1[2];
+  p.c = T1[0] * p.S1[0] + T1[1] * p.S1[1] + T1[2] * p.S1[2] + kLowPass;
+}
+
 // SH colour before the clamp (0.5 added), from the coefficients sh[3 NB].
 template <int D>
 STGA_HD void sh_color(const float* sh, float x, float y, float z, float rgb[3], float bs[16]) {
@@ -536,14 +555,9 @@ STGA_HD void preprocess_forward_one(int i, const Cam& cam, const GaussIn& in, co
 
   float cov[6], R[9], s[3], qn[4], qnorm;
   load_cov3d(cam, in, i, cov, R, s, qn, qnorm);
-  Jac J;
-  make_jac(cam, t, J);
-  float S0[3], S1[3];
-  sym_mul(cov, J.T0, S0);
-  sym_mul(cov, J.T1, S1);
-  const float a = J.T0[0] * S0[0] + J.T0[1] * S0[1] + J.T0[2] * S0[2] + kLowPass;
-  const float b = J.T0[0] * S1[0] + J.T0[1] * S1[1] + J.T0[2] * S1[2];
-  const float c = J.T1[0] * S1[0] + J.T1[1] * S1[1] + J.T1[2] * S1[2] + kLowPass;
+  Cov2D ewa;
+  ewa_cov2d(cam, t, cov, ewa);
+  const float a = ewa.a, b = ewa.b, c = ewa.c;
   const float det = a * c - b * b;
   if (!(det > 0.f)) return;
   const float idet = 1.f / det;
@@ -655,14 +669,9 @@ STGA_UNROLL
   view_point(cam.view, m, t);
   float cov[6], R[9], s[3], qn[4], qnorm = 1.f;
   load_cov3d(cam, in, i, cov, R, s, qn, qnorm);
-  Jac J;
-  make_jac(cam, t, J);
-  float S0[3], S1[3];
-  sym_mul(cov, J.T0, S0);
-  sym_mul(cov, J.T1, S1);
-  const float a = J.T0[0] * S0[0] + J.T0[1] * S0[1] + J.T0[2] * S0[2] + kLowPass;
-  const float b = J.T0[0] * S1[0] + J.T0[1] * S1[1] + J.T0[2] * S1[2];
-  const float c = J.T1[0] * S1[0] + J.T1[1] * S1[1] + J.T1[2] * S1[2] + kLowPass;
+  Cov2D ewa;
+  ewa_cov2d(cam, t, cov, ewa);
+  const float a = ewa.a, b = ewa.b, c = ewa.c;
   const float idet = 1.f / (a * c - b * b);
   const float A = c * idet, B = -b * idet, C = a * idet;
   // dL/dSigma' = -M G M with M the conic and G = [[gA, gB/2], [gB/2, gC]].
@@ -674,11 +683,11 @@ STGA_UNROLL
   float dT0[3], dT1[3];
 STGA_UNROLL
   for (int k = 0; k < 3; ++k) {
-    dT0[k] = 2.f * ga * S0[k] + gb * S1[k];
-    dT1[k] = gb * S0[k] + 2.f * gc * S1[k];
+    dT0[k] = 2.f * ga * ewa.S0[k] + gb * ewa.S1[k];
+    dT1[k] = gb * ewa.S0[k] + 2.f * gc * ewa.S1[k];
   }
-  const float* T0 = J.T0;
-  const float* T1 = J.T1;
+  const float* T0 = ewa.J.T0;
+  const float* T1 = ewa.J.T1;
   float dcov[6];
   dcov[0] = ga * T0[0] * T0[0] + gb * T0[0] * T1[0] + gc * T1[0] * T1[0];
   dcov[3] = ga * T0[1] * T0[1] + gb * T0[1] * T1[1] + gc * T1[1] * T1[1];
@@ -698,12 +707,12 @@ STGA_UNROLL
       dJ11 += dT1[k] * V[4 * k + 1];
       dJ12 += dT1[k] * V[4 * k + 2];
     }
-    const float iz = J.iz, iz2 = iz * iz, iz3 = iz2 * iz;
+    const float iz = ewa.J.iz, iz2 = iz * iz, iz3 = iz2 * iz;
     const float fx = cam.focal_x, fy = cam.focal_y;
-    const float dtx = J.clx ? 0.f : -fx * iz2 * dJ02;
-    const float dty = J.cly ? 0.f : -fy * iz2 * dJ12;
-    const float dtz = -fx * iz2 * dJ00 - fy * iz2 * dJ11 + 2.f * fx * J.txc * iz3 * dJ02 +
-                      2.f * fy * J.tyc * iz3 * dJ12;
+    const float dtx = ewa.J.clx ? 0.f : -fx * iz2 * dJ02;
+    const float dty = ewa.J.cly ? 0.f : -fy * iz2 * dJ12;
+    const float dtz = -fx * iz2 * dJ00 - fy * iz2 * dJ11 + 2.f * fx * ewa.J.txc * iz3 * dJ02 +
+                      2.f * fy * ewa.J.tyc * iz3 * dJ12;
 STGA_UNROLL
     for (int k = 0; k < 3; ++k) dm[k] += V[4 * k] * dtx + V[4 * k + 1] * dty + V[4 * k + 2] * dtz;
   }

@@ -36,88 +36,106 @@ std::optional<at::Tensor> opt_f32(const std::optional<at::Tensor>& t, const at::
   return as_f32(*t, dev);
 }
 
+// The checks on means3D that every entry point makes.
+void check_means(const at::Tensor& means3D) {
+  TORCH_CHECK(means3D.is_cuda(), "means3D must be a CUDA tensor");
+  TORCH_CHECK(means3D.dim() == 2 && means3D.size(1) == 3, "means3D must be (N,3)");
+}
+
+// The image constants of the camera (size, tile grid, culling); the rest zero.
+Cam image_cam(int64_t W, int64_t H) {
+  TORCH_CHECK(W > 0 && H > 0, "image size must be positive");
+  Cam c{};
+  c.W = (int)W;
+  c.H = (int)H;
+  c.grid_x = cdiv(W, kTile);
+  c.grid_y = cdiv(H, kTile);
+  // Internal tile-list culling (results are identical either way); off only for measurements.
+  const char* no_cull = std::getenv("STGA_RASTER_NO_CULL");
+  c.cull = (no_cull != nullptr && no_cull[0] == '1') ? 0 : 1;
+  return c;
+}
+
+// The call of forward or backward_preprocess: its device guard (made first, so that all below is
+// made on the device of means3D), the checked inputs as contiguous float32 there, the kernels'
+// camera and inputs, and the current stream.
 struct Prepared {
+  const c10::cuda::CUDAGuard guard;
   Cam cam;
   GaussIn in;
   int N;
   at::Tensor means, opac, view, proj, campos, bg;
   std::optional<at::Tensor> shs, colors, scales, rots, cov3D;
-};
+  cudaStream_t stream;
 
-Prepared prepare(const at::Tensor& means3D, const at::Tensor& opacities,
-                 const std::optional<at::Tensor>& shs, const std::optional<at::Tensor>& colors,
-                 const std::optional<at::Tensor>& scales, const std::optional<at::Tensor>& rots,
-                 const std::optional<at::Tensor>& cov3D, const at::Tensor& viewmatrix,
-                 const at::Tensor& projmatrix, const at::Tensor& campos, const at::Tensor& bg,
-                 int64_t W, int64_t H, double tanfovx, double tanfovy, double scale_modifier,
-                 int64_t sh_degree) {
-  TORCH_CHECK(means3D.is_cuda(), "means3D must be a CUDA tensor");
-  TORCH_CHECK(means3D.dim() == 2 && means3D.size(1) == 3, "means3D must be (N,3)");
-  TORCH_CHECK(W > 0 && H > 0, "image size must be positive");
-  const at::Device dev = means3D.device();
-  Prepared p;
-  p.N = (int)means3D.size(0);
-  p.means = as_f32(means3D, dev);
-  p.opac = as_f32(opacities, dev).view({-1});
-  TORCH_CHECK(p.opac.numel() == p.N, "opacities must have N elements");
-  p.view = as_f32(viewmatrix, dev).view({-1});
-  p.proj = as_f32(projmatrix, dev).view({-1});
-  p.campos = as_f32(campos, dev).view({-1});
-  p.bg = as_f32(bg, dev).view({-1});
-  TORCH_CHECK(p.view.numel() == 16 && p.proj.numel() == 16, "matrices must be 4x4");
-  TORCH_CHECK(p.campos.numel() == 3 && p.bg.numel() == 3, "campos and bg must have 3 elements");
-  p.shs = opt_f32(shs, dev);
-  p.colors = opt_f32(colors, dev);
-  p.scales = opt_f32(scales, dev);
-  p.rots = opt_f32(rots, dev);
-  p.cov3D = opt_f32(cov3D, dev);
-  TORCH_CHECK(p.shs.has_value() != p.colors.has_value(), "pass exactly one of shs and colors_precomp");
-  TORCH_CHECK(p.cov3D.has_value() != (p.scales.has_value() && p.rots.has_value()),
-              "pass either scales and rotations, or cov3D_precomp");
-  int K = 0;
-  if (p.shs) {
-    TORCH_CHECK(sh_degree >= 0 && sh_degree <= 3, "sh_degree must be 0..3");
-    TORCH_CHECK(p.shs->dim() == 3 && p.shs->size(0) == p.N && p.shs->size(2) == 3,
-                "shs must be (N,K,3)");
-    K = (int)p.shs->size(1);
-    TORCH_CHECK(K >= (sh_degree + 1) * (sh_degree + 1), "shs has fewer than (sh_degree+1)^2 coefficients");
-  } else {
-    TORCH_CHECK(p.colors->numel() == 3 * (int64_t)p.N, "colors_precomp must be (N,3)");
+  Prepared(const at::Tensor& means3D, const at::Tensor& opacities,
+           const std::optional<at::Tensor>& shs_, const std::optional<at::Tensor>& colors_,
+           const std::optional<at::Tensor>& scales_, const std::optional<at::Tensor>& rots_,
+           const std::optional<at::Tensor>& cov3D_, const at::Tensor& viewmatrix,
+           const at::Tensor& projmatrix, const at::Tensor& campos_, const at::Tensor& bg_,
+           int64_t W, int64_t H, double tanfovx, double tanfovy, double scale_modifier,
+           int64_t sh_degree)
+      : guard(means3D.device()) {
+    check_means(means3D);
+    cam = image_cam(W, H);
+    const at::Device dev = means3D.device();
+    N = (int)means3D.size(0);
+    means = as_f32(means3D, dev);
+    opac = as_f32(opacities, dev).view({-1});
+    TORCH_CHECK(opac.numel() == N, "opacities must have N elements");
+    view = as_f32(viewmatrix, dev).view({-1});
+    proj = as_f32(projmatrix, dev).view({-1});
+    campos = as_f32(campos_, dev).view({-1});
+    bg = as_f32(bg_, dev).view({-1});
+    TORCH_CHECK(view.numel() == 16 && proj.numel() == 16, "matrices must be 4x4");
+    TORCH_CHECK(campos.numel() == 3 && bg.numel() == 3, "campos and bg must have 3 elements");
+    shs = opt_f32(shs_, dev);
+    colors = opt_f32(colors_, dev);
+    scales = opt_f32(scales_, dev);
+    rots = opt_f32(rots_, dev);
+    cov3D = opt_f32(cov3D_, dev);
+    TORCH_CHECK(shs.has_value() != colors.has_value(),
+                "pass exactly one of shs and colors_precomp");
+    TORCH_CHECK(cov3D.has_value() != (scales.has_value() && rots.has_value()),
+                "pass either scales and rotations, or cov3D_precomp");
+    int K = 0;
+    if (shs) {
+      TORCH_CHECK(sh_degree >= 0 && sh_degree <= 3, "sh_degree must be 0..3");
+      TORCH_CHECK(shs->dim() == 3 && shs->size(0) == N && shs->size(2) == 3,
+                  "shs must be (N,K,3)");
+      K = (int)shs->size(1);
+      TORCH_CHECK(K >= (sh_degree + 1) * (sh_degree + 1),
+                  "shs has fewer than (sh_degree+1)^2 coefficients");
+    } else {
+      TORCH_CHECK(colors->numel() == 3 * (int64_t)N, "colors_precomp must be (N,3)");
+    }
+    if (cov3D) {
+      TORCH_CHECK(cov3D->numel() == 6 * (int64_t)N, "cov3D_precomp must be (N,6)");
+    } else {
+      TORCH_CHECK(scales->numel() == 3 * (int64_t)N, "scales must be (N,3)");
+      TORCH_CHECK(rots->numel() == 4 * (int64_t)N, "rotations must be (N,4)");
+    }
+    cam.view = view.data_ptr<float>();
+    cam.proj = proj.data_ptr<float>();
+    cam.campos = campos.data_ptr<float>();
+    cam.bg = bg.data_ptr<float>();
+    cam.focal_x = (float)(W / (2.0 * tanfovx));
+    cam.focal_y = (float)(H / (2.0 * tanfovy));
+    cam.lim_x = (float)(kFovClamp * tanfovx);
+    cam.lim_y = (float)(kFovClamp * tanfovy);
+    cam.scale_mod = (float)scale_modifier;
+    cam.deg = shs ? (int)sh_degree : 0;
+    cam.K = K;
+    in.means = means.data_ptr<float>();
+    in.opac = opac.data_ptr<float>();
+    in.shs = opt_ptr(shs);
+    in.colors = opt_ptr(colors);
+    in.scales = cov3D ? nullptr : opt_ptr(scales);
+    in.rots = cov3D ? nullptr : opt_ptr(rots);
+    in.cov3D = opt_ptr(cov3D);
+    stream = c10::cuda::getCurrentCUDAStream();
   }
-  if (p.cov3D) {
-    TORCH_CHECK(p.cov3D->numel() == 6 * (int64_t)p.N, "cov3D_precomp must be (N,6)");
-  } else {
-    TORCH_CHECK(p.scales->numel() == 3 * (int64_t)p.N, "scales must be (N,3)");
-    TORCH_CHECK(p.rots->numel() == 4 * (int64_t)p.N, "rotations must be (N,4)");
-  }
-  Cam& c = p.cam;
-  c.view = p.view.data_ptr<float>();
-  c.proj = p.proj.data_ptr<float>();
-  c.campos = p.campos.data_ptr<float>();
-  c.bg = p.bg.data_ptr<float>();
-  c.W = (int)W;
-  c.H = (int)H;
-  c.grid_x = cdiv(W, kTile);
-  c.grid_y = cdiv(H, kTile);
-  c.focal_x = (float)(W / (2.0 * tanfovx));
-  c.focal_y = (float)(H / (2.0 * tanfovy));
-  c.lim_x = (float)(kFovClamp * tanfovx);
-  c.lim_y = (float)(kFovClamp * tanfovy);
-  c.scale_mod = (float)scale_modifier;
-  // Internal tile-list culling (results are identical either way); off only for measurements.
-  const char* no_cull = std::getenv("STGA_RASTER_NO_CULL");
-  c.cull = (no_cull != nullptr && no_cull[0] == '1') ? 0 : 1;
-  c.deg = p.shs ? (int)sh_degree : 0;
-  c.K = K;
-  p.in.means = p.means.data_ptr<float>();
-  p.in.opac = p.opac.data_ptr<float>();
-  p.in.shs = opt_ptr(p.shs);
-  p.in.colors = opt_ptr(p.colors);
-  p.in.scales = p.cov3D ? nullptr : opt_ptr(p.scales);
-  p.in.rots = p.cov3D ? nullptr : opt_ptr(p.rots);
-  p.in.cov3D = opt_ptr(p.cov3D);
-  return p;
-}
+};
 
 inline size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
@@ -133,12 +151,10 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
                                 const at::Tensor& campos, const at::Tensor& bg, int64_t W,
                                 int64_t H, double tanfovx, double tanfovy, double scale_modifier,
                                 int64_t sh_degree) {
-  const c10::cuda::CUDAGuard guard(means3D.device());
-  Prepared p = prepare(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix,
-                       projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree);
+  const Prepared p(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix, projmatrix,
+                   campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree);
   const int N = p.N;
   const Cam& cam = p.cam;
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto fopt = p.means.options();
   const auto iopt = fopt.dtype(at::kInt);
   const auto bopt = fopt.dtype(at::kByte);
@@ -158,16 +174,16 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
       char* sp = (char*)scratch.data_ptr();
       const Scratch s = scratch_at((int32_t*)sp, N);
       STGA_CUDA_CHECK(launch_gaussian_stage(N, cam, p.in, geom, s, radii.data_ptr<int>(),
-                                            sp + sbytes, tbytes, stream));
+                                            sp + sbytes, tbytes, p.stream));
       STGA_CUDA_CHECK(cudaMemcpyAsync(&R, s.offsets + N - 1, sizeof(int),
-                                      cudaMemcpyDeviceToHost, stream));
-      STGA_CUDA_CHECK(cudaStreamSynchronize(stream));
+                                      cudaMemcpyDeviceToHost, p.stream));
+      STGA_CUDA_CHECK(cudaStreamSynchronize(p.stream));
       // entries: keys and values now; the scratch is released before the sort's buffers exist
       const size_t kb = align256((size_t)R * 4);
       entries = at::empty({(int64_t)(2 * kb)}, bopt);
       char* ep = (char*)entries.data_ptr();
       STGA_CUDA_CHECK(launch_emit(N, R, cam, geom, s, (uint32_t*)ep, (int*)(ep + kb),
-                                  ranges.data_ptr<int>(), stream));
+                                  ranges.data_ptr<int>(), p.stream));
       return kb;
     }();
     point_list = at::empty({R}, iopt);
@@ -178,7 +194,7 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
       char* ep = (char*)entries.data_ptr();
       STGA_CUDA_CHECK(launch_tile_sort(R, cam, (const uint32_t*)ep, (uint32_t*)wp,
                                        (const int*)(ep + kbytes), point_list.data_ptr<int>(),
-                                       ranges.data_ptr<int>(), wp + kbytes, wbytes, stream));
+                                       ranges.data_ptr<int>(), wp + kbytes, wbytes, p.stream));
     }
     entries = at::Tensor();
   } else {
@@ -191,7 +207,7 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
   at::Tensor last = at::empty({H, W}, iopt);
   STGA_CUDA_CHECK(launch_render_forward(cam, ranges.data_ptr<int>(), point_list.data_ptr<int>(),
                                         geom, color.data_ptr<float>(), final_T.data_ptr<float>(),
-                                        last.data_ptr<int>(), stream));
+                                        last.data_ptr<int>(), p.stream));
   return {color, radii, geom_t, point_list, ranges, final_T, last};
 }
 
@@ -206,19 +222,12 @@ at::Tensor backward_render(const at::Tensor& grad_color, const at::Tensor& means
                            const at::Tensor& ranges, const at::Tensor& final_T,
                            const at::Tensor& last) {
   const c10::cuda::CUDAGuard guard(means3D.device());
-  TORCH_CHECK(means3D.is_cuda() && means3D.dim() == 2 && means3D.size(1) == 3,
-              "means3D must be a CUDA (N,3) tensor");
+  check_means(means3D);
   const int N = (int)means3D.size(0);
   const at::Device dev = means3D.device();
   const at::Tensor bgf = as_f32(bg, dev).view({-1});
-  Cam cam{};
-  cam.W = (int)W;
-  cam.H = (int)H;
-  cam.grid_x = cdiv(W, kTile);
-  cam.grid_y = cdiv(H, kTile);
+  Cam cam = image_cam(W, H);
   cam.bg = bgf.data_ptr<float>();
-  const char* no_cull = std::getenv("STGA_RASTER_NO_CULL");
-  cam.cull = (no_cull != nullptr && no_cull[0] == '1') ? 0 : 1;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor dcolor = as_f32(grad_color, dev);
   TORCH_CHECK(dcolor.numel() == 3 * H * W, "grad of color must be (3,H,W)");
@@ -244,12 +253,10 @@ std::vector<at::Tensor> backward_preprocess(const at::Tensor& acc, const at::Ten
                                             const at::Tensor& bg, int64_t W, int64_t H,
                                             double tanfovx, double tanfovy, double scale_modifier,
                                             int64_t sh_degree, const at::Tensor& radii) {
-  const c10::cuda::CUDAGuard guard(means3D.device());
-  Prepared p = prepare(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix,
-                       projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree);
+  const Prepared p(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix, projmatrix,
+                   campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree);
   const int N = p.N;
   const Cam& cam = p.cam;
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto fopt = p.means.options();
   TORCH_CHECK(acc.numel() == (int64_t)N * kGradSlots, "accumulator size mismatch");
 
@@ -273,7 +280,7 @@ std::vector<at::Tensor> backward_preprocess(const at::Tensor& acc, const at::Ten
     g.rots = d_rots.data_ptr<float>();
   }
   STGA_CUDA_CHECK(launch_backward_preprocess(N, cam, p.in, radii.data_ptr<int>(),
-                                             acc.data_ptr<float>(), g, stream));
+                                             acc.data_ptr<float>(), g, p.stream));
   return {d_means, d_means2D, d_opac, d_shs, d_colors, d_scales, d_rots, d_cov3D};
 }
 
