@@ -17,7 +17,6 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from arguments import (DEFAULT_ITERATIONS, DEMO_ITERATIONS, DEMO_SOURCE, add_model_args,
@@ -25,15 +24,17 @@ from arguments import (DEFAULT_ITERATIONS, DEMO_ITERATIONS, DEMO_SOURCE, add_mod
 from gaussian_renderer import render
 from scene import resolve_source
 from scene.binding import face_frames
+from scene.cameras import stage_images
 from scene.dataset import StgaDataset, load_dataset, load_training_faces
 from scene.densify import DensityController
 from scene.errors import DatasetError
-from scene.gaussian_model import GaussianModel
+from scene.gaussian_model import GaussianModel, RowSelection
 from scene.points import random_points_on_faces, read_points3d
-from scene.schedule import TrainingSchedule
+from scene.regularisation import local_regularisation
+from scene.schedule import Step, TrainingSchedule
 from utils.atomic import atomic_path
 from utils.image_metrics import psnr, ssim
-from utils.loss import photometric_loss
+from utils.loss import training_loss
 from utils.selective_adam import SelectiveAdam
 
 CHECKPOINT_VERSION = 1
@@ -126,11 +127,18 @@ class Trainer:
             self._restore(Path(args.start_checkpoint))
         else:
             self._initialise()
+        self._selections: Dict[int, RowSelection] = {}
+        self._selection_version = -1
+        self._stage_images()
         self.stop_requested = False
 
     # --- set-up ------------------------------------------------------------------------------
+    def triangles(self, keyframe: int) -> torch.Tensor:
+        """The (F, 3, 3) mesh of ``keyframe``, on the training device."""
+        return self.meshes[self.dataset.mesh_row(keyframe)]
+
     def frames(self, keyframe: int):
-        return face_frames(self.meshes[self.dataset.mesh_row(keyframe)])
+        return face_frames(self.triangles(keyframe))
 
     def _initialise(self) -> None:
         ds = self.dataset
@@ -153,6 +161,10 @@ class Trainer:
                "f_rest": a.feature_lr / 20.0, "opacity": a.opacity_lr, "scaling": a.scaling_lr,
                "rotation": a.rotation_lr}
         return SelectiveAdam(self.model.params, lrs, eps=1e-15)
+
+    def _stage_images(self) -> None:
+        where = stage_images(self.train_cameras, self.device)
+        self.log(f"Training images in {where}")
 
     # --- checkpoints -------------------------------------------------------------------------
     def checkpoint_path(self, iteration: int) -> Path:
@@ -207,7 +219,7 @@ class Trainer:
                 continue
             scores = []
             for cam in cameras:
-                world = self.model.world(self.frames(cam.keyframe))
+                world = self.model.pose(self.triangles(cam.keyframe))
                 image = render(cam, world, self.background, backend=self.args.backend)["render"]
                 gt = cam.gt_image(self.background)
                 image = image.clamp(0, 1)
@@ -224,24 +236,34 @@ class Trainer:
         return path
 
     # --- the loop ----------------------------------------------------------------------------
-    def regularisation(self, rows: Optional[torch.Tensor]) -> torch.Tensor:
+    def regularisation(self, selection: Optional[RowSelection]) -> torch.Tensor:
         """GaussianAvatars' position and scale regularisers on the trainable Gaussians.
 
         Thresholds are in units of the mean face size (in face units under --face_scale), so
         they act whatever the scene's units are.
         """
         a, p = self.args, self.model.params
-        xyz, scaling = p["xyz"], p["scaling"]
-        if rows is not None:
-            xyz, scaling = xyz[rows], scaling[rows]
         unit = 1.0 if self.model.face_scale else self.mean_face_size
-        loss = xyz.new_zeros(())
-        if a.lambda_xyz > 0:
-            loss = loss + a.lambda_xyz * F.relu(xyz.norm(dim=1) - a.threshold_xyz * unit).mean()
-        if a.lambda_scale > 0:
-            excess = F.relu(torch.exp(scaling) - a.threshold_scale * unit)
-            loss = loss + a.lambda_scale * excess.norm(dim=1).mean()
-        return loss
+        return local_regularisation(p["xyz"], p["scaling"], selection, a.lambda_xyz,
+                                    a.threshold_xyz * unit, a.lambda_scale,
+                                    a.threshold_scale * unit)
+
+    def trainable(self, step: Step) -> Optional[RowSelection]:
+        """The step's trainable rows (None: all), cached per keyframe until the rows change.
+
+        Computing a selection reads its size back from the device; the cache keeps that sync
+        out of all but the first step of a keyframe after each densification.
+        """
+        if step.faces is None:
+            return None
+        if self._selection_version != self.model.version:
+            self._selections.clear()
+            self._selection_version = self.model.version
+        keyframe = step.camera.keyframe
+        if keyframe not in self._selections:
+            self._selections[keyframe] = self.model.select_rows(step.faces,
+                                                                self.dataset.num_faces)
+        return self._selections[keyframe]
 
     def train_step(self, iteration: int) -> Optional[torch.Tensor]:
         """One iteration; returns the loss, or None when the step's selection is empty."""
@@ -250,24 +272,25 @@ class Trainer:
         if iteration % a.sh_up_every == 0:
             self.model.one_up_sh_degree()
         step = self.schedule.next()
-        rows = self.model.trainable_rows(step.faces, self.dataset.num_faces)
+        selection = self.trainable(step)
         loss = None
-        if rows is None or rows.numel() > 0:
+        if selection is None or selection.count > 0:
             camera = step.camera
-            world = self.model.world(self.frames(camera.keyframe), rows)
+            mask = None if selection is None else selection.mask
+            world = self.model.pose(self.triangles(camera.keyframe), mask)
             if a.random_background:
                 background = torch.rand(3, generator=self.generator).to(self.device)
             else:
                 background = self.background
             out = render(camera, world, background, backend=a.backend)
-            loss = photometric_loss(out["render"], camera.gt_image(background), a.lambda_dssim)
-            loss = loss + self.regularisation(rows)
+            target = camera.image.to(self.device, non_blocking=True)
+            loss = training_loss(out["render"], target, background, a.lambda_dssim)
+            loss = loss + self.regularisation(selection)
             loss.backward()
-            densifying = a.densify and iteration < a.densify_until_iter
-            if densifying:
+            if a.densify and iteration < a.densify_until_iter:
                 self.density.accumulate(out["viewspace_points"].grad, out["visibility_filter"],
-                                        rows)
-            self.optimizer.step(rows)
+                                        mask)
+            self.optimizer.step(None if selection is None else selection.rows)
             self.optimizer.zero_grad()
             loss = loss.detach()
         if a.densify and iteration < a.densify_until_iter:

@@ -9,9 +9,9 @@ Each configuration (``--configs``) trains a fresh ``train.Trainer`` twice, throu
 ``run()`` loop and from the same seed, so both passes do exactly the same iterations:
 
 1. phase pass: the calls ``Trainer.train_step`` makes are wrapped from outside and timed as
-   data (camera pick, ground truth to the device), select (rows of the frame's faces), binding
-   (face frames and ``model.world``), render, loss (photometric + regularisers), backward, step
-   (optimiser step and zero_grad), densify (gradient statistics, clone/split/prune, opacity
+   data (camera pick; the images are staged on the GPU before training), select (rows of the
+   frame's faces), binding (``model.pose``), render, loss (photometric + regularisers),
+   backward, step (optimiser step and zero_grad), densify (gradient statistics, clone/split/prune, opacity
    reset) and other (the rest of ``train_step``). On CUDA every phase boundary synchronises the
    device, which perturbs the total: compare the phase pass's total with pass 2.
 2. whole-iteration pass: no wrapper but one at the iteration boundary, no added synchronisation
@@ -196,16 +196,16 @@ def instrument(patches: Patches, trainer: train.Trainer, clock: PhaseClock,
 
     ``trainable`` receives each timed step's fraction of trainable Gaussians.
     """
-    def count(rows: Optional[torch.Tensor]) -> None:
+    def count(selection) -> None:
         n = trainer.model.num_gaussians
-        trainable.append(1.0 if rows is None else rows.numel() / max(n, 1))
+        trainable.append(1.0 if selection is None else selection.count / max(n, 1))
 
     wraps = [
-        (trainer.schedule, "next", "data"), (Camera, "gt_image", "data"),
-        (trainer.model, "trainable_rows", "select"),
-        (trainer, "frames", "binding"), (trainer.model, "world", "binding"),
+        (trainer.schedule, "next", "data"),
+        (trainer, "trainable", "select"),
+        (trainer, "triangles", "binding"), (trainer.model, "pose", "binding"),
         (train, "render", "render"),
-        (train, "photometric_loss", "loss"), (trainer, "regularisation", "loss"),
+        (train, "training_loss", "loss"), (trainer, "regularisation", "loss"),
         (torch.Tensor, "backward", "backward"),
         (trainer.optimizer, "step", "step"), (trainer.optimizer, "zero_grad", "step"),
         (trainer.density, "accumulate", "densify"),
@@ -213,7 +213,7 @@ def instrument(patches: Patches, trainer: train.Trainer, clock: PhaseClock,
         (trainer.density, "reset_opacity", "densify"),
     ]
     for owner, name, phase in wraps:
-        after = count if name == "trainable_rows" else None
+        after = count if name == "trainable" else None
         patches.set(owner, name, timed(clock, phase, getattr(owner, name), after))
 
 
@@ -325,6 +325,34 @@ def iteration_pass(argv: Sequence[str], args: argparse.Namespace) -> Dict:
             "gaussians_start": start_gaussians["n"], "gaussians_end": trainer.model.num_gaussians}
 
 
+def profile_pass(argv: Sequence[str], args: argparse.Namespace) -> str:
+    """Pass 3 (``--profile``): ``torch.profiler`` tables of the timed iterations, by operator."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer = make_trainer(argv, args)
+    first_timed = trainer.first_iteration + args.warmup
+    activities = [ProfilerActivity.CPU]
+    if trainer.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    prof = profile(activities=activities)
+    inner = trainer.train_step
+
+    def step(iteration: int):
+        if iteration == first_timed:
+            prof.__enter__()
+        return inner(iteration)
+
+    with Patches() as patches:
+        patches.set(trainer, "train_step", step)
+        trainer.run()
+    synchroniser(trainer.device)()
+    prof.__exit__(None, None, None)
+    table = prof.key_averages()
+    sort = "self_cuda_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
+    return (table.table(sort_by="self_cpu_time_total", row_limit=30) + "\n"
+            + table.table(sort_by=sort, row_limit=30))
+
+
 def run_config(name: str, data: Path, args: argparse.Namespace, extra: List[str]) -> Dict:
     """Both passes of one configuration, each from a fresh Trainer, in a throw-away model folder."""
     with tempfile.TemporaryDirectory(prefix="stga_train_step_") as tmp:
@@ -341,6 +369,9 @@ def run_config(name: str, data: Path, args: argparse.Namespace, extra: List[str]
         gc.collect()
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
+        if args.profile:
+            print(f"[{name}] profiler pass", flush=True)
+            print(profile_pass(argv, args), flush=True)
     return {"train_argv": argv[4:], **whole, **phases}
 
 
@@ -422,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "maximum, 3, after 3 x --sh_up_every iterations and stays there)")
     r.add_argument("--device", default=None,
                    help="torch device (default: cuda when available, else cpu)")
+    r.add_argument("--profile", action="store_true",
+                   help="also run a third pass under torch.profiler and print its operator "
+                        "tables (by self CPU time and by self device time)")
     r.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("extra", nargs=argparse.REMAINDER,
                         help="train.py options after --, applied to every configuration after "

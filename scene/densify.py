@@ -39,14 +39,18 @@ class DensityController:
     @torch.no_grad()
     def accumulate(self, screen_grad: torch.Tensor, visible: torch.Tensor,
                    trainable: Optional[torch.Tensor]) -> None:
-        """Add this step's screen-space gradient norms of visible (and trainable) Gaussians."""
-        mask = visible.clone()
+        """Add this step's screen-space gradient norms of visible (and trainable) Gaussians.
+
+        ``trainable``: an (N,) bool mask or row indices; None means every row.
+        """
+        mask = visible
         if trainable is not None:
-            allowed = torch.zeros_like(mask)
-            allowed[trainable] = True
-            mask &= allowed
+            if trainable.dtype != torch.bool:
+                rows, trainable = trainable, torch.zeros_like(visible)
+                trainable[rows] = True
+            mask = mask & trainable
         self.grad_accum += torch.where(mask, screen_grad[:, :2].norm(dim=-1), 0.0)
-        self.denom += mask.to(self.denom.dtype)
+        self.denom += mask
 
     @torch.no_grad()
     def densify_and_prune(self, model: GaussianModel, optimizer: SelectiveAdam,

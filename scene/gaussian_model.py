@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from plyfile import PlyData, PlyElement
 
-from scene.binding import (FaceFrames, local_to_world_positions, matrix_to_quaternion,
-                           quaternion_multiply)
+from scene.binding import (FaceFrames, face_frames, local_to_world_positions,
+                           matrix_to_quaternion, quaternion_multiply)
 from scene.errors import DatasetError
 from scene.points import InitialPoints
+from utils import fused
 from utils.atomic import atomic_path
 
 SH_C0 = 0.28209479177387814
@@ -33,6 +34,14 @@ def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.log(x / (1 - x))
 
 
+class RowSelection(NamedTuple):
+    """The Gaussians trainable at one step: row indices, the same as an (N,) mask, their count."""
+
+    rows: torch.Tensor
+    mask: torch.Tensor
+    count: int
+
+
 class WorldGaussians(NamedTuple):
     """Gaussians posed at one frame, ready for the rasterizer."""
 
@@ -44,6 +53,29 @@ class WorldGaussians(NamedTuple):
     sh_degree: int
 
 
+class _FusedPose(torch.autograd.Function):
+    """``GaussianModel.world`` through the fused CUDA kernels (utils/fused/csrc/pose.cu)."""
+
+    @staticmethod
+    def forward(ctx, triangles, binding, trainable, face_scale, xyz, scaling, rotation, opacity):
+        ctx.face_scale = face_scale
+        ctx.save_for_backward(triangles, binding, trainable, xyz, scaling, rotation, opacity)
+        return tuple(fused.ext().pose_forward(triangles, binding, xyz.detach(), scaling.detach(),
+                                              rotation.detach(), opacity.detach(), face_scale))
+
+    @staticmethod
+    def backward(ctx, g_xyz, g_scales, g_rotations, g_opacity):
+        triangles, binding, trainable, xyz, scaling, rotation, opacity = ctx.saved_tensors
+        empty = xyz.new_empty(0)
+        grads = fused.ext().pose_backward(
+            triangles, binding, xyz.detach(), scaling.detach(), rotation.detach(),
+            opacity.detach(), ctx.face_scale,
+            trainable if trainable is not None else empty.bool(),
+            *(g.contiguous() if g is not None else empty
+              for g in (g_xyz, g_scales, g_rotations, g_opacity)))
+        return (None, None, None, None, *grads)
+
+
 class GaussianModel:
     """Mesh-bound Gaussians: named parameter tensors plus the face binding of every row."""
 
@@ -53,6 +85,7 @@ class GaussianModel:
         self.face_scale = face_scale
         self.params: Dict[str, torch.Tensor] = {}
         self.binding = torch.empty(0, dtype=torch.long)
+        self.version = 0  # bumped whenever the rows change, so row selections can be cached
 
     # --- construction -----------------------------------------------------------------------
     @property
@@ -65,6 +98,7 @@ class GaussianModel:
 
     def _set_params(self, values: Dict[str, torch.Tensor]) -> None:
         # Updated in place: the optimiser holds this same dict.
+        self.version += 1
         self.params.clear()
         self.params.update({n: values[n].detach().clone().requires_grad_(True)
                             for n in PARAM_NAMES})
@@ -88,6 +122,13 @@ class GaussianModel:
         face_mask = torch.zeros(num_faces, dtype=torch.bool, device=self.device)
         face_mask[faces.to(self.device)] = True
         return torch.nonzero(face_mask[self.binding]).squeeze(1)
+
+    def select_rows(self, faces: torch.Tensor, num_faces: int) -> RowSelection:
+        """``trainable_rows`` with its mask and count (reads the count: one device sync)."""
+        rows = self.trainable_rows(faces, num_faces)
+        mask = torch.zeros(self.num_gaussians, dtype=torch.bool, device=self.device)
+        mask[rows] = True
+        return RowSelection(rows, mask, int(rows.numel()))
 
     def create_from_points(self, points: InitialPoints, frames: FaceFrames,
                            device: torch.device) -> None:
@@ -124,15 +165,18 @@ class GaussianModel:
 
     # --- posing ------------------------------------------------------------------------------
     def world(self, frames: FaceFrames, trainable: Optional[torch.Tensor] = None) -> WorldGaussians:
-        """Pose the Gaussians with one frame's face frames.
+        """Pose the Gaussians with one frame's face frames (the PyTorch reference).
 
-        Differentiable in the parameters; with ``trainable`` (row indices), only those rows get
-        a gradient: the others are rendered with their current values as constants.
+        Differentiable in the parameters; with ``trainable`` (row indices or an (N,) bool mask),
+        only those rows get a gradient: the others are rendered with their current values as
+        constants.
         """
         p, b = self.params, self.binding
         if trainable is not None:
-            mask = torch.zeros(b.numel(), dtype=torch.bool, device=b.device)
-            mask[trainable] = True
+            mask = trainable
+            if mask.dtype != torch.bool:
+                mask = torch.zeros(b.numel(), dtype=torch.bool, device=b.device)
+                mask[trainable] = True
             p = {n: torch.where(mask.view((-1,) + (1,) * (t.dim() - 1)), t, t.detach())
                  for n, t in p.items()}
         xyz = local_to_world_positions(p["xyz"], b, frames, self.face_scale)
@@ -144,6 +188,22 @@ class GaussianModel:
         shs = torch.cat([p["f_dc"], p["f_rest"]], dim=1)
         return WorldGaussians(xyz, scales, rotations, torch.sigmoid(p["opacity"]), shs,
                               self.active_sh_degree)
+
+    def pose(self, triangles: torch.Tensor, trainable: Optional[torch.Tensor] = None
+             ) -> WorldGaussians:
+        """``world`` for one frame's mesh (F, 3, 3), with ``trainable`` an (N,) bool mask.
+
+        The training loop's path: on CUDA, one fused kernel each way (utils/fused) instead of
+        the ~60 small operations of ``world`` and ``face_frames``; elsewhere it is ``world``.
+        """
+        p = self.params
+        if not (p["xyz"].is_cuda and p["xyz"].dtype == torch.float32 and fused.available()):
+            return self.world(face_frames(triangles), trainable)
+        xyz, scales, rotations, opacity = _FusedPose.apply(
+            triangles.contiguous(), self.binding, trainable, self.face_scale, p["xyz"],
+            p["scaling"], p["rotation"], p["opacity"])
+        shs = torch.cat([p["f_dc"], p["f_rest"]], dim=1)
+        return WorldGaussians(xyz, scales, rotations, opacity, shs, self.active_sh_degree)
 
     def one_up_sh_degree(self) -> None:
         self.active_sh_degree = min(self.active_sh_degree + 1, self.max_sh_degree)

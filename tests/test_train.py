@@ -79,18 +79,18 @@ def test_frozen_gaussians_and_their_adam_state_stay_bitwise_unchanged(tiny_head,
     params0, state0, binding = snapshot(t)
     trained = torch.zeros(t.model.num_gaussians, dtype=torch.bool)
     for it in range(2, 8):
-        step_faces = []
-        original = t.model.trainable_rows
+        step_rows = []
+        original = t.trainable
 
-        def recording(faces, num_faces):
-            rows = original(faces, num_faces)
-            step_faces.append(rows)
-            return rows
-        t.model.trainable_rows = recording
+        def recording(step):
+            selection = original(step)
+            step_rows.append(selection)
+            return selection
+        t.trainable = recording
         t.train_step(it)
-        t.model.trainable_rows = original
-        assert step_faces[0] is not None  # selective, not global
-        trained[step_faces[0]] = True
+        t.trainable = original
+        assert step_rows[0] is not None  # selective, not global
+        trained[step_rows[0].rows] = True
     frozen = ~trained
     assert frozen.any() and trained.any()
     assert torch.equal(t.model.binding, binding)
