@@ -24,11 +24,11 @@ from arguments import (DEFAULT_ITERATIONS, DEMO_ITERATIONS, DEMO_SOURCE, add_mod
 from gaussian_renderer import render
 from scene import resolve_source
 from scene.binding import face_frames
-from scene.cameras import stage_images
 from scene.dataset import StgaDataset, load_dataset, load_training_faces
 from scene.densify import DensityController
 from scene.errors import DatasetError
 from scene.gaussian_model import GaussianModel, RowSelection
+from scene.image_feeder import ImageFeeder
 from scene.points import random_points_on_faces, read_points3d
 from scene.regularisation import local_regularisation
 from scene.schedule import Step, TrainingSchedule
@@ -163,7 +163,8 @@ class Trainer:
         return SelectiveAdam(self.model.params, lrs, eps=1e-15)
 
     def _stage_images(self) -> None:
-        where = stage_images(self.train_cameras, self.device)
+        self.images = ImageFeeder(self.device)
+        where = self.images.place(self.train_cameras, self.args.data_device)
         self.log(f"Training images in {where}")
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -276,6 +277,7 @@ class Trainer:
         loss = None
         if selection is None or selection.count > 0:
             camera = step.camera
+            target = self.images.fetch(camera)  # overlaps the posing and rendering below
             mask = None if selection is None else selection.mask
             world = self.model.pose(self.triangles(camera.keyframe), mask)
             if a.random_background:
@@ -283,8 +285,7 @@ class Trainer:
             else:
                 background = self.background
             out = render(camera, world, background, backend=a.backend)
-            target = camera.image.to(self.device, non_blocking=True)
-            loss = training_loss(out["render"], target, background, a.lambda_dssim)
+            loss = training_loss(out["render"], target.get(), background, a.lambda_dssim)
             loss = loss + self.regularisation(selection)
             loss.backward()
             if a.densify and iteration < a.densify_until_iter:

@@ -117,6 +117,11 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("pipeline")
     g.add_argument("--device", default=None,
                    help="torch device (default: cuda when available, else cpu)")
+    g.add_argument("--data_device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="where the decoded training images live on a GPU machine: cuda (GPU "
+                        "memory, no copy per step), cpu (pinned host memory, each step's image "
+                        "copied asynchronously); auto: cuda when they take at most half the "
+                        "free GPU memory")
     g.add_argument("--backend", choices=("auto", "torch", "cuda"), default="auto",
                    help="rasterizer backend: auto picks the CUDA extension for CUDA tensors")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

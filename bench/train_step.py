@@ -201,7 +201,7 @@ def instrument(patches: Patches, trainer: train.Trainer, clock: PhaseClock,
         trainable.append(1.0 if selection is None else selection.count / max(n, 1))
 
     wraps = [
-        (trainer.schedule, "next", "data"),
+        (trainer.schedule, "next", "data"), (trainer.images, "fetch", "data"),
         (trainer, "trainable", "select"),
         (trainer, "triangles", "binding"), (trainer.model, "pose", "binding"),
         (train, "render", "render"),

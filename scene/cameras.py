@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -104,27 +104,3 @@ class Camera:
             raise RuntimeError(f"camera {self.image_name} has no image loaded")
         return composite_rgba(self.image, background)
 
-
-def stage_images(cameras: Sequence[Camera], device: torch.device,
-                 max_fraction: float = 0.5) -> str:
-    """Put the cameras' uint8 images where a training step reads them fastest.
-
-    On a GPU: moved to the device when they take at most ``max_fraction`` of its free memory
-    (read each step without any copy), otherwise pinned in host memory so that each step's copy
-    runs asynchronously. On the CPU nothing changes. Returns where they went, for the log.
-    """
-    images = [c for c in cameras if c.image is not None]
-    if device.type != "cuda" or not images:
-        return "host memory"
-    total = sum(c.image.numel() for c in images)
-    free, _ = torch.cuda.mem_get_info(device)
-    if total <= max_fraction * free:
-        for c in images:
-            c.image = c.image.to(device)
-        return f"GPU memory ({total / 2 ** 30:.2f} GiB)"
-    try:
-        for c in images:
-            c.image = c.image.pin_memory()
-    except RuntimeError:  # pinning can fail on a memory-limited host: plain copies still work
-        return f"host memory ({total / 2 ** 30:.2f} GiB, not pinned)"
-    return f"pinned host memory ({total / 2 ** 30:.2f} GiB; too large for the GPU)"

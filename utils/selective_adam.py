@@ -48,7 +48,11 @@ class SelectiveAdam:
         if rows is not None and rows.numel() == 0:
             return
         live = [name for name, p in self.params.items() if p.grad is not None]
-        if live and self._fusable(live):
+        if not live:
+            return
+        if rows is not None:
+            rows = rows.to(self.params[live[0]].device)
+        if self._fusable(live):
             self._step_fused(live, rows)
         else:
             self._step_torch(live, rows)
@@ -70,7 +74,7 @@ class SelectiveAdam:
         if rows is None:
             index = torch.empty(0, dtype=torch.long, device=device)  # ignored: all rows
         else:
-            index = rows.to(device)
+            index = rows
         fused.ext().selective_adam_step(
             params, [p.grad for p in params], [st["exp_avg"] for st in states],
             [st["exp_avg_sq"] for st in states], [st["step"] for st in states],
