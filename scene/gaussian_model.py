@@ -59,6 +59,7 @@ class _FusedPose(torch.autograd.Function):
     @staticmethod
     def forward(ctx, triangles, binding, trainable, face_scale, xyz, scaling, rotation, opacity):
         ctx.face_scale = face_scale
+        ctx.set_materialize_grads(False)  # backward takes None for an unused output
         ctx.save_for_backward(triangles, binding, trainable, xyz, scaling, rotation, opacity)
         return tuple(fused.ext().pose_forward(triangles, binding, xyz.detach(), scaling.detach(),
                                               rotation.detach(), opacity.detach(), face_scale))

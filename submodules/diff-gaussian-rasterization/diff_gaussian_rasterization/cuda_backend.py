@@ -123,12 +123,17 @@ class _RasterizeCUDA(torch.autograd.Function):
         # before it allocates the gradients (lower peak memory).
         ctx.state = (geom, point_list, ranges, final_t, last)
         ctx.mark_non_differentiable(radii)
+        # radii never has a gradient: without this, autograd would allocate and fill an (N,)
+        # zero tensor for it on every backward, on the path to the first backward kernel.
+        ctx.set_materialize_grads(False)
         if color.dtype != means3D.dtype:
             color = color.to(means3D.dtype)
         return color, radii
 
     @staticmethod
     def backward(ctx, grad_color, grad_radii):
+        if grad_color is None:  # nothing depended on the image
+            return (None,) * 9
         means3D, opacities, shs, colors, scales, rotations, cov3D, radii = ctx.saved_tensors
         state = ctx.state
         if state is None:
