@@ -2,7 +2,11 @@
 # On a GPU machine (repo root as cwd): the whole test suite, the demo trained/rendered/scored on
 # the GPU, and the selection ablation. Wheels for missing packages are taken from .whl/.
 #
-#   bash bench/device_train.sh [tests] [demo] [ablation ITERATIONS ...] [train_step]
+#   bash bench/device_train.sh [tests] [cudatests] [demo] [demo_ab] [ablation ITERATIONS ...]
+#                              [train_step] [run50k]
+# cudatests: the CUDA-marked tests one file at a time (a crash names its file); demo_ab: the demo
+# trained with and without the fused kernels (quality check); run50k: the wall-clock of a
+# paper-length train.py run on bench/train_step.py's 802x550 dataset.
 set -u
 OUT=${OUT:-/tmp/stga_out}
 mkdir -p "$OUT"
@@ -15,12 +19,39 @@ fi
 export PYTHONPATH=$PWD/submodules/diff-gaussian-rasterization:$PWD/submodules/simple-knn:${PYTHONPATH:-}
 say() { echo "=== $(date +%T) $*"; }
 say "$(nvidia-smi --query-gpu=name,memory.used --format=csv,noheader)"
-python3 -c "import diff_gaussian_rasterization as d; print('cuda extension:', d.cuda_available())"
+python3 -c "import diff_gaussian_rasterization as d; from utils import fused; print('cuda extension:', d.cuda_available(), 'fused kernels:', fused.available())"
 while [ $# -gt 0 ]; do
   case "$1" in
     tests)
       say "pytest"
       python3 -m pytest -q -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/pytest.txt" ;;
+    cudatests)
+      say "CUDA tests, one file at a time"
+      for f in tests/test_*.py; do
+        if grep -q "mark.cuda" "$f"; then
+          log="$OUT/pytest_$(basename "$f" .py).txt"
+          python3 -m pytest -q -p no:cacheprovider -m cuda "$f" > "$log" 2>&1
+          echo "$f: $(grep -E "passed|failed|error|Fatal" "$log" | tail -1)"
+        fi
+      done ;;
+    demo_ab)
+      say "demo with and without the fused kernels"
+      for fused in 1 0; do
+        name=/tmp/gpu_demo_fused$fused
+        [ $fused = 0 ] && export STGA_NO_FUSED=1
+        /usr/bin/time -f "wall %e s" python3 train.py -s demo -m $name > "$name.txt" 2>&1
+        unset STGA_NO_FUSED
+        echo "fused kernels: $fused"; tr '\r' '\n' < "$name.txt" | grep -E "PSNR|wall|done"
+      done ;;
+    run50k)
+      data=$(python3 -c "
+import sys; sys.path.insert(0, 'bench')
+import train_step as t
+print(t.prepare_dataset(t.build_parser().parse_args([])))" | tail -1)
+      say "train.py, 50000 iterations on $data"
+      /usr/bin/time -f "run50k wall %e s" python3 train.py -s "$data" -m /tmp/run50k \
+        --iterations 50000 > "$OUT/run50k.txt" 2>&1
+      tr '\r' '\n' < "$OUT/run50k.txt" | grep -E "ITER|wall|done|Initialised|images in" ;;
     demo)
       say "demo: train / render / metrics on the GPU"
       /usr/bin/time -f "train wall %e s" python3 train.py -s demo -m /tmp/gpu_demo --quiet 2>&1 | tail -5
