@@ -274,6 +274,7 @@ class Trainer:
             self.model.one_up_sh_degree()
         step = self.schedule.next()
         selection = self.trainable(step)
+        densifying = a.densify and iteration < a.densify_until_iter
         loss = None
         if selection is None or selection.count > 0:
             camera = step.camera
@@ -288,13 +289,13 @@ class Trainer:
             loss = training_loss(out["render"], target.get(), background, a.lambda_dssim)
             loss = loss + self.regularisation(selection)
             loss.backward()
-            if a.densify and iteration < a.densify_until_iter:
+            if densifying:
                 self.density.accumulate(out["viewspace_points"].grad, out["visibility_filter"],
                                         mask)
             self.optimizer.step(None if selection is None else selection.rows)
             self.optimizer.zero_grad()
             loss = loss.detach()
-        if a.densify and iteration < a.densify_until_iter:
+        if densifying:
             if iteration > a.densify_from_iter and iteration % a.densification_interval == 0:
                 self.density.densify_and_prune(
                     self.model, self.optimizer, a.densify_grad_threshold, a.min_opacity,

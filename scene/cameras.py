@@ -56,7 +56,8 @@ def projection_matrix(K: np.ndarray, width: int, height: int, znear: float = ZNE
 class Camera:
     """One image of one split: where it was taken from, its intrinsics, its keyframe, its pixels.
 
-    ``image`` is uint8 (H, W, 3) or (H, W, 4) on the CPU; ``gt_image`` composites it.
+    ``image`` is uint8 (H, W, 3) or (H, W, 4), on the CPU as loaded (training may move it to the
+    GPU or pin it: scene/image_feeder.py); ``gt_image`` composites it.
     """
 
     uid: int

@@ -41,14 +41,9 @@ class DensityController:
                    trainable: Optional[torch.Tensor]) -> None:
         """Add this step's screen-space gradient norms of visible (and trainable) Gaussians.
 
-        ``trainable``: an (N,) bool mask or row indices; None means every row.
+        ``trainable``: an (N,) bool mask; None means every row.
         """
-        mask = visible
-        if trainable is not None:
-            if trainable.dtype != torch.bool:
-                rows, trainable = trainable, torch.zeros_like(visible)
-                trainable[rows] = True
-            mask = mask & trainable
+        mask = visible if trainable is None else visible & trainable
         self.grad_accum += torch.where(mask, screen_grad[:, :2].norm(dim=-1), 0.0)
         self.denom += mask
 

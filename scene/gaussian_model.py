@@ -116,19 +116,12 @@ class GaussianModel:
         self.binding = binding
         self._set_params(values)
 
-    def trainable_rows(self, faces: Optional[torch.Tensor], num_faces: int) -> Optional[torch.Tensor]:
-        """Row indices of the Gaussians bound to ``faces`` (None: every row trains)."""
-        if faces is None:
-            return None
+    def select_rows(self, faces: torch.Tensor, num_faces: int) -> RowSelection:
+        """The Gaussians bound to ``faces``: mask, row indices and count (one device sync)."""
         face_mask = torch.zeros(num_faces, dtype=torch.bool, device=self.device)
         face_mask[faces.to(self.device)] = True
-        return torch.nonzero(face_mask[self.binding]).squeeze(1)
-
-    def select_rows(self, faces: torch.Tensor, num_faces: int) -> RowSelection:
-        """``trainable_rows`` with its mask and count (reads the count: one device sync)."""
-        rows = self.trainable_rows(faces, num_faces)
-        mask = torch.zeros(self.num_gaussians, dtype=torch.bool, device=self.device)
-        mask[rows] = True
+        mask = face_mask[self.binding]
+        rows = torch.nonzero(mask).squeeze(1)
         return RowSelection(rows, mask, int(rows.numel()))
 
     def create_from_points(self, points: InitialPoints, frames: FaceFrames,
@@ -168,17 +161,12 @@ class GaussianModel:
     def world(self, frames: FaceFrames, trainable: Optional[torch.Tensor] = None) -> WorldGaussians:
         """Pose the Gaussians with one frame's face frames (the PyTorch reference).
 
-        Differentiable in the parameters; with ``trainable`` (row indices or an (N,) bool mask),
-        only those rows get a gradient: the others are rendered with their current values as
-        constants.
+        Differentiable in the parameters; with ``trainable`` (an (N,) bool mask), only those
+        rows get a gradient: the others are rendered with their current values as constants.
         """
         p, b = self.params, self.binding
         if trainable is not None:
-            mask = trainable
-            if mask.dtype != torch.bool:
-                mask = torch.zeros(b.numel(), dtype=torch.bool, device=b.device)
-                mask[trainable] = True
-            p = {n: torch.where(mask.view((-1,) + (1,) * (t.dim() - 1)), t, t.detach())
+            p = {n: torch.where(trainable.view((-1,) + (1,) * (t.dim() - 1)), t, t.detach())
                  for n, t in p.items()}
         xyz = local_to_world_positions(p["xyz"], b, frames, self.face_scale)
         scales = torch.exp(p["scaling"])

@@ -78,5 +78,5 @@ def test_prune_keeps_the_most_opaque_gaussian_of_an_otherwise_empty_face():
 
 def test_statistics_only_count_trainable_gaussians():
     model, opt = model_with([[0.001] * 3] * 2, [0.5, 0.5], [0, 1])
-    report = run(model, opt, [5.0, 5.0], trainable=torch.tensor([1]))
+    report = run(model, opt, [5.0, 5.0], trainable=torch.tensor([False, True]))
     assert report.cloned == 1 and model.binding.tolist() == [0, 1, 1]
