@@ -118,6 +118,19 @@ def gsplat_fn(scene, viewmats, Ks, width, height, backward: bool):
     return run, reset
 
 
+def timed_call(run, reset) -> float:
+    """One call from an idle GPU, timed with CUDA events (ms)."""
+    reset()
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def measure(run, reset, warmup: int, iters: int):
     """(median ms, all ms, peak bytes above what was allocated before)."""
     for _ in range(warmup):
@@ -128,23 +141,13 @@ def measure(run, reset, warmup: int, iters: int):
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(iters):
-        reset()
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+    times = [timed_call(run, reset) for _ in range(iters)]
     reset()
     peak = torch.cuda.max_memory_allocated() - base
     return statistics.median(times), times, peak
 
 
-def profile(cases: str, iters: int = 20):
+def profile(cases: str, iters: int = 20, trace_dir: str | None = None):
     """Per-kernel GPU times of our forward+backward (torch.profiler), one table per case."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
@@ -165,6 +168,79 @@ def profile(cases: str, iters: int = 20):
             torch.cuda.synchronize()
         print(f"\n### profile {n} Gaussians, {w}x{h}, forward+backward, {iters} calls")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
+        if trace_dir:
+            os.makedirs(trace_dir, exist_ok=True)
+            prof.export_chrome_trace(os.path.join(trace_dir, f"trace_{n}_{w}x{h}.json"))
+
+
+def ab(cases: str, var: str, warmup: int = 10, iters: int = 60):
+    """Our forward+backward with and without the environment switch `var`=1, calls alternated
+    (A B A B ...) so that both see the same machine state; median ms of each and their ratio."""
+    for case in cases.split(","):
+        n, w, h = (int(v) for v in case.lower().split("x"))
+        scene = head_scene(n)
+        settings = camera(w, h)[0]
+        run, reset = ours_fn(scene, settings, True)
+        times = {False: [], True: []}
+        for it in range(warmup + iters):
+            for flag in (False, True):
+                if flag:
+                    os.environ[var] = "1"
+                else:
+                    os.environ.pop(var, None)
+                ms = timed_call(run, reset)
+                if it >= warmup:
+                    times[flag].append(ms)
+        os.environ.pop(var, None)
+        a, b = statistics.median(times[False]), statistics.median(times[True])
+        print(f"ab {n} Gaussians {w}x{h} fwd+bwd: default {a:.3f} ms, {var}=1 {b:.3f} ms, "
+              f"default/switched {a / b:.2f}", flush=True)
+
+
+def timeline(cases: str, iters: int = 50):
+    """Host-side timeline of our forward+backward (median us from the call's start, idle GPU).
+
+    fwd_ret: the forward returned (it syncs once inside); loss: mean(image^2) issued; bwd_ret:
+    backward() returned (every kernel issued); end: GPU finished. A second loop syncs after the
+    forward to give fwd_gpu, when the forward's kernels are done. When bwd_ret is close to end,
+    the host is the critical path; when far, the GPU is.
+    """
+    for case in cases.split(","):
+        n, w, h = (int(v) for v in case.lower().split("x"))
+        scene = head_scene(n)
+        settings = camera(w, h)[0]
+        leaves = {k: v.detach().requires_grad_(True) for k, v in scene.items()}
+        means2D = torch.zeros_like(scene["means"], requires_grad=True)
+        rows, rows_sync = [], []
+        for it in range(iters + 10):
+            for sync_fwd in (False, True):
+                for t in list(leaves.values()) + [means2D]:
+                    t.grad = None
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                img, _ = rasterize_gaussians(settings, leaves["means"], means2D,
+                                             leaves["opacities"], shs=leaves["shs"],
+                                             scales=leaves["scales"], rotations=leaves["quats"],
+                                             backend="cuda")
+                t1 = time.perf_counter()
+                if sync_fwd:
+                    torch.cuda.synchronize()
+                    rows_sync.append((time.perf_counter() - t0) * 1e6) if it >= 10 else None
+                    (img * img).mean().backward()
+                    torch.cuda.synchronize()
+                    continue
+                loss = (img * img).mean()
+                t2 = time.perf_counter()
+                loss.backward()
+                t3 = time.perf_counter()
+                torch.cuda.synchronize()
+                t4 = time.perf_counter()
+                if it >= 10:
+                    rows.append([(t - t0) * 1e6 for t in (t1, t2, t3, t4)])
+        med = [statistics.median(c) for c in zip(*rows)]
+        print(f"timeline {n} Gaussians {w}x{h} (median us): fwd_ret {med[0]:.0f}, loss "
+              f"{med[1]:.0f}, bwd_ret {med[2]:.0f}, end {med[3]:.0f}; fwd_gpu "
+              f"{statistics.median(rows_sync):.0f}", flush=True)
 
 
 def main(argv=None):
@@ -176,9 +252,19 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write all numbers here")
     ap.add_argument("--profile", action="store_true",
                     help="only print torch.profiler kernel tables of our forward+backward")
+    ap.add_argument("--trace", default=None,
+                    help="with --profile: also write a chrome trace per case to this folder")
+    ap.add_argument("--timeline", action="store_true",
+                    help="only print the host-side timeline of our forward+backward")
+    ap.add_argument("--ab", default=None, metavar="VAR",
+                    help="only compare our forward+backward with and without VAR=1, alternated")
     args = ap.parse_args(argv)
+    if args.ab:
+        return ab(args.cases, args.ab)
+    if args.timeline:
+        return timeline(args.cases)
     if args.profile:
-        return profile(args.cases)
+        return profile(args.cases, trace_dir=args.trace)
     assert args.iters >= 30, "use at least 30 timed calls"
     dev = torch.cuda.get_device_name()
     print(f"device: {dev}; torch {torch.__version__}; CUDA {torch.version.cuda}", flush=True)

@@ -1,12 +1,14 @@
 // CUDA kernels of the STGA rasterizer. Written from scratch for STGA; the function computed is
 // defined in the package README.
 //
-// Forward: preprocess (one thread per Gaussian) -> stable sort of the Gaussians by depth -> tiles
-// per Gaussian in depth order, inclusive scan -> one (tile, Gaussian) entry per listing tile,
-// emitted in depth order -> stable sort by tile id (so each tile's list is in depth order, ties by
-// index) -> per-tile ranges -> blending, one block per 16x16 tile, one thread per pixel.
-// Backward: blending in reverse per tile, per-pixel gradients summed over each warp and added to
-// a per-Gaussian accumulator, then one thread per Gaussian for the chain rule to the inputs.
+// Forward: preprocess (one thread per Gaussian; counts the list entries) -> host sync on that
+// count -> stable sort of the Gaussians by depth -> tiles per Gaussian in depth order, inclusive
+// scan -> one (tile, Gaussian) entry per listing tile, emitted in depth order -> stable sort by
+// tile id (so each tile's list is in depth order, ties by index) -> per-tile ranges -> blending,
+// one warp per 8x4 pixel patch, one thread per pixel.
+// Backward: blending in reverse per (patch, segment of the tile's list), per-pixel gradients
+// summed over each warp and added to a per-Gaussian accumulator, then one thread per Gaussian for
+// the chain rule to the inputs.
 #include <cub/cub.cuh>
 
 #include <type_traits>
@@ -48,11 +50,25 @@ inline bool use_vec(const Cam& cam, const GaussIn& in) {
 
 // ---------------------------------------------------------------------------------------------
 // Per-Gaussian kernels.
+// Also adds the block's number of list entries to *entries (one 64-bit integer atomic per block,
+// so the total is exact and does not depend on the order).
 template <int D, bool VEC>
 __global__ void __launch_bounds__(256)
-preprocess_fwd_kernel(int N, Cam cam, GaussIn in, PreOut out) {
+preprocess_fwd_kernel(int N, Cam cam, GaussIn in, PreOut out,
+                      unsigned long long* __restrict__ entries) {
+  __shared__ unsigned long long s_sum[256 / 32];
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < N) preprocess_forward_one<D, VEC>(i, cam, in, out);
+  unsigned long long t = 0;
+  if (i < N) t = (unsigned long long)preprocess_forward_one<D, VEC>(i, cam, in, out);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) t += __shfl_xor_sync(kFull, t, off);
+  if ((threadIdx.x & 31) == 0) s_sum[threadIdx.x >> 5] = t;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned long long b = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) b += s_sum[w];
+    if (b) atomicAdd(entries, b);
+  }
 }
 
 template <int D, bool VEC>
@@ -145,76 +161,166 @@ ranges_kernel(int R, const uint32_t* __restrict__ keys, int2* __restrict__ range
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pixel of thread `tid` in its tile: each warp covers an 8x4 patch (more compact than two rows,
-// so a small Gaussian touches fewer warps).
-__device__ __forceinline__ void pixel_of(int tid, int& lx, int& ly) {
-  const int warp = tid >> 5, lane = tid & 31;
-  lx = ((warp & 1) << 3) | (lane & 7);
-  ly = ((warp >> 1) << 2) | (lane >> 3);
-}
+// Blending work units. Each 16x16 tile is blended by 8 independent warps (one-warp blocks), each
+// owning an 8x4 pixel patch and traversing the tile's whole list. Small blocks spread a busy tile
+// over several SMs (the long lists of silhouette tiles bounded the kernels' time), every patch
+// stops as soon as its own pixels are done, and each patch drops the list entries whose
+// alpha >= 1/255 ellipse misses it while staging them (box_hit: conservative, so the result is
+// the same as without the test).
+//
+// The backward is split further, along the list: the forward records every pixel's transmittance
+// and the colour behind it at each kSeg-th position of its tile's list (a checkpoint), so that
+// each (patch, segment of kSeg positions) is an independent backward work item. The forward also
+// appends each patch's items to a work list, which persistent backward warps drain.
+constexpr int kPatchW = 8, kPatchH = 4;                       // pixels of one blending warp
+constexpr int kPatchesX = kTile / kPatchW, kPatchesY = kTile / kPatchH;
+constexpr int kStage = 32;                                    // list entries staged per round
+static_assert(kPatchW * kPatchH == 32 && kStage == 32, "one pixel and one entry per lane");
+static_assert(kPatchesX * kPatchesY == kPatchesPerTile, "patch layout");
+static_assert(kSeg % kStage == 0, "segments are whole rounds");
 
-// The pixel of a thread of the blending passes (forward and backward), whether it lies in the
-// W x H image, its centre, and the block's tile range [range.x, range.y) of point_list.
-struct TilePixel {
+// This lane's pixel, its patch (cut to the image) and the tile's range [range.x, range.y) of
+// point_list. w or h <= 0 when the whole patch lies outside the image.
+struct Patch {
+  int x0, y0, w, h;
   int x, y;
+  int tpix;       // the pixel's index in its tile (checkpoint layout)
   bool inside;
   float cx, cy;
   int2 range;
 };
 
-__device__ __forceinline__ TilePixel tile_pixel(int tid, int W, int H,
-                                                const int2* __restrict__ ranges) {
-  int lx, ly;
-  pixel_of(tid, lx, ly);
-  TilePixel p;
-  p.x = blockIdx.x * kTile + lx;
-  p.y = blockIdx.y * kTile + ly;
+// Patch (px, py) of the image's grid of patches (grid_x tiles per row).
+__device__ __forceinline__ Patch patch_at(int lane, int px, int py, int grid_x, int W, int H,
+                                          const int2* __restrict__ ranges) {
+  Patch p;
+  p.x0 = px * kPatchW;
+  p.y0 = py * kPatchH;
+  p.w = min(kPatchW, W - p.x0);
+  p.h = min(kPatchH, H - p.y0);
+  const int lx = lane % kPatchW, ly = lane / kPatchW;
+  p.x = p.x0 + lx;
+  p.y = p.y0 + ly;
+  p.tpix = ((py % kPatchesY) * kPatchH + ly) * kTile + (px % kPatchesX) * kPatchW + lx;
   p.inside = p.x < W && p.y < H;
   p.cx = (float)p.x + 0.5f;
   p.cy = (float)p.y + 0.5f;
-  p.range = ranges[blockIdx.y * gridDim.x + blockIdx.x];
+  p.range = (p.w > 0 && p.h > 0) ? ranges[(py / kPatchesY) * grid_x + px / kPatchesX]
+                                 : make_int2(0, 0);
   return p;
+}
+
+// One list entry in a lane's registers on its way to the warp's shared stage.
+struct Candidate {
+  int id;  // Gaussian, -1 for none
+  float2 xy;
+  float4 co, rgb;
+};
+
+struct StageArrays {
+  const int* __restrict__ point_list;
+  const float2* __restrict__ xy;
+  const float4* __restrict__ conic_o;
+  const float4* __restrict__ rgb;
+};
+
+__device__ __forceinline__ Candidate fetch(int id, const StageArrays& a) {
+  Candidate c;
+  c.id = id;
+  if (id >= 0) {
+    c.xy = a.xy[id];
+    c.co = a.conic_o[id];
+    c.rgb = a.rgb[id];
+  } else {
+    c.xy = make_float2(0.f, 0.f);
+    c.co = c.rgb = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  return c;
+}
+
+// The entries of one round, in list order: those whose ellipse reaches the patch.
+struct Stage {
+  float2 xy[kStage];
+  float4 co[kStage];
+  float4 rgb[kStage];
+  int pos[kStage];   // position in the tile's list
+  int id[kStage];
+};
+
+// Writes the lanes' candidates that reach the patch to `s`, in lane order; returns their number.
+__device__ __forceinline__ int stage_commit(Stage& s, const Candidate& c, int pos, const Patch& p,
+                                            int cull, int lane) {
+  bool keep = c.id >= 0;
+  if (keep && cull)
+    keep = box_hit(p.x0, p.y0, p.w, p.h,
+                   make_cull_geo(c.xy.x, c.xy.y, c.co.x, c.co.y, c.co.z, c.rgb.w));
+  const unsigned m = __ballot_sync(kFull, keep);
+  __syncwarp();  // the previous round's reads of `s` are complete
+  if (keep) {
+    const int k = __popc(m & ((1u << lane) - 1u));
+    s.xy[k] = c.xy;
+    s.co[k] = c.co;
+    s.rgb[k] = c.rgb;
+    s.pos[k] = pos;
+    s.id[k] = c.id;
+  }
+  __syncwarp();
+  return __popc(m);
+}
+
+__device__ __forceinline__ int warp_max(int v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = max(v, __shfl_xor_sync(kFull, v, off));
+  return v;
+}
+
+// Checkpoint slot of global list position `pos` (a tile's start plus a positive multiple of
+// kSeg). Unique: two such positions in one tile differ by a multiple of kSeg, and a position of a
+// later tile lies more than kSeg beyond every position of an earlier one.
+__device__ __forceinline__ size_t ckpt_index(int pos, int tpix) {
+  return (size_t)(pos / kSeg) * kBlockPixels + tpix;
 }
 
 constexpr int kFwdGroup = 4;   // Gaussians whose alphas are computed together (latency hiding)
 
-__global__ void __launch_bounds__(kBlock)
-render_fwd_kernel(int W, int H, const int2* __restrict__ ranges, const int* __restrict__ point_list,
-                  const float2* __restrict__ xy, const float4* __restrict__ conic_o,
-                  const float4* __restrict__ rgb, const float* __restrict__ bg,
-                  float* __restrict__ out_color, float* __restrict__ out_T,
-                  int* __restrict__ out_last) {
-  __shared__ float2 s_xy[kBlock];
-  __shared__ float4 s_co[kBlock];
-  __shared__ float4 s_rgb[kBlock];
-  const int tid = threadIdx.x;
-  const auto [x, y, inside, cx, cy, range] = tile_pixel(tid, W, H, ranges);
+// Rounds are software-pipelined: while a round is blended, the next round's Gaussians and the
+// list indices of the one after are already being loaded.
+__global__ void __launch_bounds__(32)
+render_fwd_kernel(int W, int H, int cull, const int2* __restrict__ ranges, StageArrays arr,
+                  const float* __restrict__ bg, float* __restrict__ out_color,
+                  float* __restrict__ out_T, int* __restrict__ out_last, BwdSplit split) {
+  __shared__ Stage s;
+  const int lane = threadIdx.x;
+  const int grid_x = gridDim.x / kPatchesX;
+  const Patch p = patch_at(lane, blockIdx.x, blockIdx.y, grid_x, W, H, ranges);
+  if (p.w <= 0 || p.h <= 0) return;
 
-  bool done = !inside;
+  bool done = !p.inside;
   float T = 1.f, C0 = 0.f, C1 = 0.f, C2 = 0.f;
-  int last = 0;
-  for (int base = range.x; base < range.y; base += kBlock) {
-    if (__syncthreads_count(done) == kBlock) break;
-    const int idx = base + tid;
-    if (idx < range.y) {
-      const int gi = point_list[idx];
-      s_xy[tid] = xy[gi];
-      s_co[tid] = conic_o[gi];
-      s_rgb[tid] = rgb[gi];
+  int last = 0, nck = 0;
+  const int begin = p.range.x, end = p.range.y;
+  auto index_at = [&](int base) { return base + lane < end ? arr.point_list[base + lane] : -1; };
+  Candidate cur = fetch(index_at(begin), arr);
+  int next_id = index_at(begin + kStage);
+  for (int base = begin; base < end; base += kStage) {
+    if (__all_sync(kFull, done)) break;
+    if (split.ckpt != nullptr && base != begin && (base - begin) % kSeg == 0) {
+      if (p.inside) split.ckpt[ckpt_index(base, p.tpix)] = make_float4(T, C0, C1, C2);
+      ++nck;
     }
-    __syncthreads();
-    const int n = min(kBlock, range.y - base);
-    const int pos0 = base - range.x;
+    const int n = stage_commit(s, cur, base - begin + lane, p, cull, lane);
+    cur = fetch(next_id, arr);
+    next_id = index_at(base + 2 * kStage);
     for (int j = 0; !done && j < n; j += kFwdGroup) {
       float al[kFwdGroup];
 #pragma unroll
       for (int k = 0; k < kFwdGroup; ++k) {
         al[k] = 0.f;
         if (j + k < n) {
-          const float2 p = s_xy[j + k];
-          const float4 co = s_co[j + k];
+          const float2 q = s.xy[j + k];
+          const float4 co = s.co[j + k];
           float G, raw;
-          al[k] = blend_alpha(co.x, co.y, co.z, co.w, cx - p.x, cy - p.y, G, raw);
+          al[k] = blend_alpha(co.x, co.y, co.z, co.w, p.cx - q.x, p.cy - q.y, G, raw);
         }
       }
 #pragma unroll
@@ -224,26 +330,45 @@ render_fwd_kernel(int W, int H, const int2* __restrict__ ranges, const int* __re
           if (Tn < kTMin) {
             done = true;
           } else {
-            const float4 c = s_rgb[j + k];
+            const float4 c = s.rgb[j + k];
             const float w = al[k] * T;
             C0 += w * c.x;
             C1 += w * c.y;
             C2 += w * c.z;
             T = Tn;
-            last = pos0 + j + k + 1;
+            last = s.pos[j + k] + 1;
           }
         }
       }
     }
   }
-  if (inside) {
-    const int pix = y * W + x;
+  if (p.inside) {
+    const int pix = p.y * W + p.x;
     const int HW = H * W;
-    out_color[pix] = C0 + T * bg[0];
-    out_color[HW + pix] = C1 + T * bg[1];
-    out_color[2 * HW + pix] = C2 + T * bg[2];
+    const float F0 = C0 + T * bg[0], F1 = C1 + T * bg[1], F2 = C2 + T * bg[2];
+    out_color[pix] = F0;
+    out_color[HW + pix] = F1;
+    out_color[2 * HW + pix] = F2;
     out_T[pix] = T;
     out_last[pix] = last;
+    // checkpoints: (T, colour accumulated in front) -> (T, colour behind, per unit transmittance)
+    for (int k = 1; k <= nck; ++k) {
+      const size_t q = ckpt_index(begin + k * kSeg, p.tpix);
+      const float4 c = split.ckpt[q];
+      const float inv = 1.f / c.x;
+      split.ckpt[q] = make_float4(c.x, (F0 - c.y) * inv, (F1 - c.z) * inv, (F2 - c.w) * inv);
+    }
+  }
+  if (split.work != nullptr) {
+    const int max_last = warp_max(last);
+    if (max_last > 0) {
+      const int nseg = (max_last + kSeg - 1) / kSeg;
+      int at = 0;
+      if (lane == 0) at = atomicAdd(split.counters, nseg);
+      at = __shfl_sync(kFull, at, 0);
+      const int patch = blockIdx.y * gridDim.x + blockIdx.x;
+      for (int q = lane; q < nseg; q += 32) split.work[at + q] = make_int2(patch, q);
+    }
   }
 }
 
@@ -292,114 +417,136 @@ __device__ __forceinline__ int xpose_origin(int lane, int s) {
   return pos;
 }
 
-__global__ void __launch_bounds__(kBlock, 3)
-render_bwd_kernel(int W, int H, const int2* __restrict__ ranges, const int* __restrict__ point_list,
-                  const float2* __restrict__ xy, const float4* __restrict__ conic_o,
-                  const float4* __restrict__ rgb, const float* __restrict__ bg,
-                  const float* __restrict__ final_T, const int* __restrict__ last_contrib,
-                  const float* __restrict__ dL_dcolor, float* __restrict__ acc) {
-  __shared__ int s_id[kBlock];
-  __shared__ float2 s_xy[kBlock];
-  __shared__ float4 s_co[kBlock];
-  __shared__ float4 s_rgb[kBlock];
-  __shared__ int s_max;
-  const int tid = threadIdx.x, lane = tid & 31;
-  const auto [x, y, inside, cx, cy, range] = tile_pixel(tid, W, H, ranges);
-  const int pix = y * W + x, HW = H * W;
-
-  float T = 1.f;
-  int last = 0;
-  float dC0 = 0.f, dC1 = 0.f, dC2 = 0.f;
-  if (inside) {
-    T = final_T[pix];
-    last = last_contrib[pix];
-    dC0 = dL_dcolor[pix];
-    dC1 = dL_dcolor[HW + pix];
-    dC2 = dL_dcolor[2 * HW + pix];
-  }
-  float ac0 = bg[0], ac1 = bg[1], ac2 = bg[2];  // colour behind the current Gaussian
-
+// Backward blending. Persistent warps take (patch, segment) items from the forward's work list;
+// an item is blended back to front over its kSeg list positions (fewer in the patch's last
+// segment, which ends at the patch's last contributor), starting from the final state or from the
+// checkpoint at the segment's end. Rounds are pipelined as in the forward.
+__global__ void __launch_bounds__(32)
+render_bwd_kernel(int W, int H, int cull, int grid_x, int grid_y, const int2* __restrict__ ranges,
+                  StageArrays arr, const float* __restrict__ bg, const float* __restrict__ final_T,
+                  const int* __restrict__ last_contrib, const float* __restrict__ dL_dcolor,
+                  const float4* __restrict__ ckpt, const int2* __restrict__ work,
+                  int* __restrict__ counters, float* __restrict__ acc) {
+  __shared__ Stage s;
+  const int lane = threadIdx.x;
+  const int HW = H * W;
+  const int patches_x = grid_x * kPatchesX;
+  // Without a work list (split off) every patch is one item, blended over its whole list.
+  const bool listed = work != nullptr;
+  const int items = listed ? *(volatile const int*)counters : patches_x * grid_y * kPatchesY;
   // This lane's share of the reduced sums: value o = k * 9 + slot of group member k.
   const int o0 = xpose_origin(lane, 0), o1 = xpose_origin(lane, 1);
   const int k0 = o0 >= 0 ? o0 / kGradSlots : kBwdGroup, sl0 = o0 >= 0 ? o0 % kGradSlots : 0;
   const int k1 = o1 >= 0 ? o1 / kGradSlots : kBwdGroup, sl1 = o1 >= 0 ? o1 % kGradSlots : 0;
 
-  if (tid == 0) s_max = 0;
-  __syncthreads();
-  int wmax = last;
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) wmax = max(wmax, __shfl_xor_sync(kFull, wmax, off));
-  if (lane == 0) atomicMax(&s_max, wmax);
-  __syncthreads();
-  const int max_last = s_max;
+  for (;;) {
+    int it = 0;
+    if (lane == 0) it = atomicAdd(counters + 1, 1);
+    it = __shfl_sync(kFull, it, 0);
+    if (it >= items) return;
+    const int2 item = listed ? work[it] : make_int2(it, 0);
+    const Patch p = patch_at(lane, item.x % patches_x, item.x / patches_x, grid_x, W, H, ranges);
+    const int pix = p.y * W + p.x;
 
-  for (int end = max_last; end > 0; end -= kBlock) {
-    const int n = min(kBlock, end);
-    const int start = end - n;
-    __syncthreads();
-    if (tid < n) {
-      const int gi = point_list[range.x + start + tid];
-      s_id[tid] = gi;
-      s_xy[tid] = xy[gi];
-      s_co[tid] = conic_o[gi];
-      s_rgb[tid] = rgb[gi];
+    int last = 0;
+    float dC0 = 0.f, dC1 = 0.f, dC2 = 0.f;
+    if (p.inside) {
+      last = last_contrib[pix];
+      dC0 = dL_dcolor[pix];
+      dC1 = dL_dcolor[HW + pix];
+      dC2 = dL_dcolor[2 * HW + pix];
     }
-    __syncthreads();
-    for (int jj = n - 1; jj >= 0; jj -= kBwdGroup) {
-      // group members k = 0..3 sit at positions start + jj - k (back to front)
-      if (!__any_sync(kFull, start + max(jj - kBwdGroup + 1, 0) < last)) continue;
-      float al[kBwdGroup], G[kBwdGroup], raw[kBwdGroup], dx[kBwdGroup], dy[kBwdGroup];
-#pragma unroll
-      for (int k = 0; k < kBwdGroup; ++k) {
-        const int j = jj - k;
-        al[k] = 0.f;
-        G[k] = raw[k] = dx[k] = dy[k] = 0.f;
-        if (j >= 0 && start + j < last) {
-          const float2 p = s_xy[j];
-          const float4 co = s_co[j];
-          dx[k] = cx - p.x;
-          dy[k] = cy - p.y;
-          al[k] = blend_alpha(co.x, co.y, co.z, co.w, dx[k], dy[k], G[k], raw[k]);
-        }
+    const int max_last = warp_max(last);
+    if (max_last == 0) continue;
+    const int nseg = listed ? (max_last + kSeg - 1) / kSeg : 1;
+    const int seg_begin = item.y * kSeg;
+    const bool tail = item.y == nseg - 1;
+    const int seg_end = tail ? max_last : seg_begin + kSeg;
+    const int begin = p.range.x;
+    // transmittance at the segment's end and the colour behind it (per unit transmittance)
+    float T = 1.f, ac0 = bg[0], ac1 = bg[1], ac2 = bg[2];
+    if (p.inside) {
+      if (tail) {
+        T = final_T[pix];
+      } else {
+        const float4 c = ckpt[ckpt_index(begin + seg_end, p.tpix)];
+        T = c.x;
+        ac0 = c.y;
+        ac1 = c.z;
+        ac2 = c.w;
       }
-      float v[kRedVals];
-      bool any = false;
+    }
+
+    // Round r covers list positions [max(e - kStage, seg_begin), e), e = seg_end - r kStage.
+    auto index_at = [&](int e) {
+      const int st = max(e - kStage, seg_begin);
+      return (e > seg_begin && st + lane < e) ? arr.point_list[begin + st + lane] : -1;
+    };
+    Candidate cur = fetch(index_at(seg_end), arr);
+    int next_id = index_at(seg_end - kStage);
+    for (int e = seg_end; e > seg_begin; e -= kStage) {
+      const int n = stage_commit(s, cur, max(e - kStage, seg_begin) + lane, p, cull, lane);
+      cur = fetch(next_id, arr);
+      next_id = index_at(e - 2 * kStage);
+      for (int jj = n - 1; jj >= 0; jj -= kBwdGroup) {
+        // group members k = 0..3 sit at stage slots jj - k (back to front)
+        if (!__any_sync(kFull, s.pos[max(jj - kBwdGroup + 1, 0)] < last)) continue;
+        float al[kBwdGroup], G[kBwdGroup], raw[kBwdGroup], dx[kBwdGroup], dy[kBwdGroup];
 #pragma unroll
-      for (int k = 0; k < kBwdGroup; ++k) {
-        float* vk = v + k * kGradSlots;
-        if (al[k] > 0.f) {
-          any = true;
+        for (int k = 0; k < kBwdGroup; ++k) {
           const int j = jj - k;
-          const float4 co = s_co[j];
-          const float4 c = s_rgb[j];
-          const float alpha = al[k], om = 1.f - alpha;
-          T = __fdividef(T, om);  // transmittance in front of this Gaussian
-          const float w = alpha * T;
-          vk[kSlotR] = w * dC0;
-          vk[kSlotG] = w * dC1;
-          vk[kSlotB] = w * dC2;
-          const float dL_dalpha = T * ((c.x - ac0) * dC0 + (c.y - ac1) * dC1 + (c.z - ac2) * dC2);
-          ac0 = alpha * c.x + om * ac0;
-          ac1 = alpha * c.y + om * ac1;
-          ac2 = alpha * c.z + om * ac2;
-          const bool clamped = raw[k] > kAlphaMax;
-          const float gp = clamped ? 0.f : raw[k] * dL_dalpha;  // dL/d power
-          vk[kSlotOpacity] = clamped ? 0.f : G[k] * dL_dalpha;
-          vk[kSlotPx] = gp * (co.x * dx[k] + co.y * dy[k]);
-          vk[kSlotPy] = gp * (co.y * dx[k] + co.z * dy[k]);
-          vk[kSlotConicA] = -0.5f * gp * dx[k] * dx[k];
-          vk[kSlotConicB] = -gp * dx[k] * dy[k];
-          vk[kSlotConicC] = -0.5f * gp * dy[k] * dy[k];
-        } else {
-#pragma unroll
-          for (int q = 0; q < kGradSlots; ++q) vk[q] = 0.f;
+          al[k] = 0.f;
+          G[k] = raw[k] = dx[k] = dy[k] = 0.f;
+          if (j >= 0 && s.pos[j] < last) {
+            const float2 q = s.xy[j];
+            const float4 co = s.co[j];
+            dx[k] = p.cx - q.x;
+            dy[k] = p.cy - q.y;
+            al[k] = blend_alpha(co.x, co.y, co.z, co.w, dx[k], dy[k], G[k], raw[k]);
+          }
         }
+        float v[kRedVals];
+        bool any = false;
+#pragma unroll
+        for (int k = 0; k < kBwdGroup; ++k) {
+          float* vk = v + k * kGradSlots;
+          if (al[k] > 0.f) {
+            any = true;
+            const int j = jj - k;
+            const float4 co = s.co[j];
+            const float4 c = s.rgb[j];
+            const float alpha = al[k], om = 1.f - alpha;
+            T = __fdividef(T, om);  // transmittance in front of this Gaussian
+            const float w = alpha * T;
+            vk[kSlotR] = w * dC0;
+            vk[kSlotG] = w * dC1;
+            vk[kSlotB] = w * dC2;
+            const float dL_dalpha =
+                T * ((c.x - ac0) * dC0 + (c.y - ac1) * dC1 + (c.z - ac2) * dC2);
+            ac0 = alpha * c.x + om * ac0;
+            ac1 = alpha * c.y + om * ac1;
+            ac2 = alpha * c.z + om * ac2;
+            const bool clamped = raw[k] > kAlphaMax;
+            const float gp = clamped ? 0.f : raw[k] * dL_dalpha;  // dL/d power
+            vk[kSlotOpacity] = clamped ? 0.f : G[k] * dL_dalpha;
+            vk[kSlotPx] = gp * (co.x * dx[k] + co.y * dy[k]);
+            vk[kSlotPy] = gp * (co.y * dx[k] + co.z * dy[k]);
+            vk[kSlotConicA] = -0.5f * gp * dx[k] * dx[k];
+            vk[kSlotConicB] = -gp * dx[k] * dy[k];
+            vk[kSlotConicC] = -0.5f * gp * dy[k] * dy[k];
+          } else {
+#pragma unroll
+            for (int q = 0; q < kGradSlots; ++q) vk[q] = 0.f;
+          }
+        }
+        if (!__any_sync(kFull, any)) continue;
+        float r0, r1;
+        reduce36(v, lane, r0, r1);
+        if (o0 >= 0 && r0 != 0.f && jj - k0 >= 0)
+          atomicAdd(acc + (size_t)kGradSlots * s.id[jj - k0] + sl0, r0);
+        if (o1 >= 0 && r1 != 0.f && jj - k1 >= 0)
+          atomicAdd(acc + (size_t)kGradSlots * s.id[jj - k1] + sl1, r1);
       }
-      if (!__any_sync(kFull, any)) continue;
-      float r0, r1;
-      reduce36(v, lane, r0, r1);
-      if (o0 >= 0 && r0 != 0.f && jj - k0 >= 0) atomicAdd(acc + (size_t)kGradSlots * s_id[jj - k0] + sl0, r0);
-      if (o1 >= 0 && r1 != 0.f && jj - k1 >= 0) atomicAdd(acc + (size_t)kGradSlots * s_id[jj - k1] + sl1, r1);
     }
   }
 }
@@ -414,15 +561,19 @@ size_t gaussian_stage_temp_bytes(int N) {
   return a > b ? a : b;
 }
 
-cudaError_t launch_gaussian_stage(int N, const Cam& cam, const GaussIn& in, const Geom& geom,
-                                  const Scratch& s, int* radii, void* temp, size_t temp_bytes,
-                                  cudaStream_t stream) {
+cudaError_t launch_preprocess(int N, const Cam& cam, const GaussIn& in, const Geom& geom,
+                              const Scratch& s, int* radii, unsigned long long* entries,
+                              cudaStream_t stream) {
   PreOut po{geom.xy, geom.conic_o, geom.rgb, s.depth_key, s.order_in, s.rect, radii, s.tiles};
   dispatch_sh(in.shs ? cam.deg : 0, use_vec(cam, in), [&](auto d, auto v) {
     preprocess_fwd_kernel<decltype(d)::value, decltype(v)::value>
-        <<<cdiv(N, 256), 256, 0, stream>>>(N, cam, in, po);
+        <<<cdiv(N, 256), 256, 0, stream>>>(N, cam, in, po, entries);
   });
-  STGA_TRY(cudaGetLastError());
+  return cudaGetLastError();
+}
+
+cudaError_t launch_depth_order(int N, const Scratch& s, void* temp, size_t temp_bytes,
+                               cudaStream_t stream) {
   size_t bytes = temp_bytes;
   STGA_TRY(cub::DeviceRadixSort::SortPairs(temp, bytes, s.depth_key, s.depth_sorted, s.order_in,
                                            s.order, N, 0, 32, stream));
@@ -447,9 +598,7 @@ size_t tile_sort_temp_bytes(int R, int num_tiles) {
 }
 
 cudaError_t launch_emit(int N, int R, const Cam& cam, const Geom& geom, const Scratch& s,
-                        uint32_t* keys, int* vals, int* ranges, cudaStream_t stream) {
-  const int num_tiles = cam.grid_x * cam.grid_y;
-  STGA_TRY(cudaMemsetAsync(ranges, 0, sizeof(int) * 2 * (size_t)num_tiles, stream));
+                        uint32_t* keys, int* vals, cudaStream_t stream) {
   if (R <= 0) return cudaSuccess;
   emit_kernel<<<cdiv(N, 256), 256, 0, stream>>>(N, cam.grid_x, cam.cull, s.order, s.offsets, s.rect,
                                                 (const float2*)geom.xy,
@@ -472,26 +621,42 @@ cudaError_t launch_tile_sort(int R, const Cam& cam, const uint32_t* keys, uint32
 
 cudaError_t launch_render_forward(const Cam& cam, const int* ranges, const int* point_list,
                                   const Geom& geom, float* color, float* final_T, int* last,
-                                  cudaStream_t stream) {
-  dim3 grid(cam.grid_x, cam.grid_y);
-  render_fwd_kernel<<<grid, kBlock, 0, stream>>>(
-      cam.W, cam.H, (const int2*)ranges, point_list, (const float2*)geom.xy,
-      (const float4*)geom.conic_o, (const float4*)geom.rgb, cam.bg, color, final_T, last);
+                                  const BwdSplit& split, cudaStream_t stream) {
+  const dim3 grid(cam.grid_x * kPatchesX, cam.grid_y * kPatchesY);
+  const StageArrays arr{point_list, (const float2*)geom.xy, (const float4*)geom.conic_o,
+                        (const float4*)geom.rgb};
+  render_fwd_kernel<<<grid, 32, 0, stream>>>(cam.W, cam.H, cam.cull, (const int2*)ranges, arr,
+                                             cam.bg, color, final_T, last, split);
   return cudaGetLastError();
 }
 
 cudaError_t launch_backward_render(int N, const Cam& cam, const int* ranges,
                                    const int* point_list, int R, const Geom& geom,
                                    const float* final_T, const int* last,
-                                   const float* dL_dcolor, float* acc, cudaStream_t stream) {
+                                   const float* dL_dcolor, const BwdSplit& split, float* acc,
+                                   cudaStream_t stream) {
   if (N <= 0) return cudaSuccess;
   STGA_TRY(cudaMemsetAsync(acc, 0, sizeof(float) * kGradSlots * (size_t)N, stream));
   if (R <= 0) return cudaSuccess;
-  dim3 grid(cam.grid_x, cam.grid_y);
-  render_bwd_kernel<<<grid, kBlock, 0, stream>>>(
-      cam.W, cam.H, (const int2*)ranges, point_list, (const float2*)geom.xy,
-      (const float4*)geom.conic_o, (const float4*)geom.rgb, cam.bg, final_T, last, dL_dcolor,
-      acc);
+  // Persistent warps: as many as fit on the GPU at once, no more than there can be items.
+  static int per_sm = 0;
+  if (per_sm == 0) {
+    STGA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, render_bwd_kernel, 32, 0));
+    per_sm = per_sm > 0 ? per_sm : 1;
+  }
+  int dev = 0, sms = 0;
+  STGA_TRY(cudaGetDevice(&dev));
+  STGA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const size_t cap = split.work != nullptr
+                         ? work_capacity(R, cam.grid_x * cam.grid_y)
+                         : (size_t)cam.grid_x * cam.grid_y * kPatchesPerTile;
+  const int blocks = (int)(cap < (size_t)sms * per_sm ? cap : (size_t)sms * per_sm);
+  const StageArrays arr{point_list, (const float2*)geom.xy, (const float4*)geom.conic_o,
+                        (const float4*)geom.rgb};
+  render_bwd_kernel<<<blocks, 32, 0, stream>>>(cam.W, cam.H, cam.cull, cam.grid_x, cam.grid_y,
+                                               (const int2*)ranges, arr, cam.bg, final_T, last,
+                                               dL_dcolor, split.ckpt, split.work, split.counters,
+                                               acc);
   return cudaGetLastError();
 }
 

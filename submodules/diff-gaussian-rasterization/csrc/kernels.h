@@ -52,34 +52,57 @@ inline Scratch scratch_at(int32_t* base, int N) {
   return s;
 }
 
-// Bytes of cub temporary storage for the per-Gaussian stage (depth sort and scan).
+// Bytes of cub temporary storage for the depth order (depth sort and scan).
 size_t gaussian_stage_temp_bytes(int N);
-// Preprocess, depth sort, tile counts in depth order and their inclusive scan. Leaves the number
-// of list entries in s.offsets[N-1].
-cudaError_t launch_gaussian_stage(int N, const Cam& cam, const GaussIn& in, const Geom& geom,
-                           const Scratch& s, int* radii, void* temp, size_t temp_bytes,
-                           cudaStream_t stream);
+// Per-Gaussian preprocessing; adds the number of list entries to *entries (zeroed by the caller).
+cudaError_t launch_preprocess(int N, const Cam& cam, const GaussIn& in, const Geom& geom,
+                              const Scratch& s, int* radii, unsigned long long* entries,
+                              cudaStream_t stream);
+// Stable depth sort, tile counts in depth order and their inclusive scan (s.offsets).
+cudaError_t launch_depth_order(int N, const Scratch& s, void* temp, size_t temp_bytes,
+                               cudaStream_t stream);
 
 // Bytes of cub temporary storage for sorting R list entries by tile.
 size_t tile_sort_temp_bytes(int R, int num_tiles);
-// Zeroes ranges (num_tiles int2) and emits the R (tile, Gaussian) entries in depth order.
+// Emits the R (tile, Gaussian) entries in depth order.
 cudaError_t launch_emit(int N, int R, const Cam& cam, const Geom& geom, const Scratch& s,
-                        uint32_t* keys, int* vals, int* ranges, cudaStream_t stream);
-// Sorts the entries by tile id (stably) into point_list and fills ranges.
+                        uint32_t* keys, int* vals, cudaStream_t stream);
+// Sorts the entries by tile id (stably) into point_list and fills ranges (zeroed by the caller).
 cudaError_t launch_tile_sort(int R, const Cam& cam, const uint32_t* keys, uint32_t* keys_sorted,
                              const int* vals, int* point_list, int* ranges, void* temp,
                              size_t temp_bytes, cudaStream_t stream);
 
-// Front-to-back blending: color (3,H,W), final transmittance and last contributor per pixel.
+// The backward's work split, written by the forward blending (null pointers: no backward, or
+// the split switched off; the backward then takes each patch as one item).
+// ckpt holds, for every tile list position that is a positive multiple of kSeg from the tile's
+// start, each of the tile's pixels' transmittance there and the colour behind it per unit
+// transmittance; work holds (patch, segment) items; counters[0] counts the items, counters[1]
+// the items taken by the backward (both zeroed by the caller).
+constexpr int kSeg = 512;
+constexpr int kPatchesPerTile = 8;
+constexpr int kBlockPixels = kTile * kTile;
+struct BwdSplit {
+  float4* ckpt;     // (ckpt_slots(R) x kBlockPixels)
+  int2* work;       // (work_capacity(R, num_tiles))
+  int* counters;    // (2)
+};
+inline size_t ckpt_slots(int R) { return (size_t)R / kSeg + 1; }
+inline size_t work_capacity(int R, int num_tiles) {
+  return (size_t)kPatchesPerTile * ((size_t)num_tiles + (size_t)R / kSeg + 1);
+}
+
+// Front-to-back blending: color (3,H,W), final transmittance and last contributor per pixel,
+// and the backward's work split when split.ckpt is not null.
 cudaError_t launch_render_forward(const Cam& cam, const int* ranges, const int* point_list,
-                           const Geom& geom, float* color, float* final_T, int* last,
-                           cudaStream_t stream);
+                                  const Geom& geom, float* color, float* final_T, int* last,
+                                  const BwdSplit& split, cudaStream_t stream);
 
 // Backward blending: acc (N x kGradSlots, zeroed here) from dL/dcolor.
 cudaError_t launch_backward_render(int N, const Cam& cam, const int* ranges,
                                    const int* point_list, int R, const Geom& geom,
                                    const float* final_T, const int* last,
-                                   const float* dL_dcolor, float* acc, cudaStream_t stream);
+                                   const float* dL_dcolor, const BwdSplit& split, float* acc,
+                                   cudaStream_t stream);
 
 // Backward per Gaussian: from acc to the gradients of the inputs.
 cudaError_t launch_backward_preprocess(int N, const Cam& cam, const GaussIn& in,

@@ -19,7 +19,6 @@
 namespace stga {
 
 constexpr int kTile = 16;                 // tiles are kTile x kTile pixels
-constexpr int kBlock = kTile * kTile;     // one thread per pixel of a tile
 constexpr float kNearZ = 0.2f;            // culled when view z <= kNearZ
 constexpr float kAlphaMin = 1.0f / 255.0f;
 constexpr float kAlphaMax = 0.99f;
@@ -387,11 +386,12 @@ STGA_HD CullGeo make_cull_geo(float px, float py, float A, float B, float C, flo
   return g;
 }
 
-// Whether the ellipse reaches a pixel centre of tile (tx, ty) (always true when not testable).
-STGA_HD bool tile_hit(int tx, int ty, const CullGeo& g) {
+// Whether the ellipse reaches a pixel centre of the w x h pixel box with top-left pixel (x0, y0)
+// (always true when not testable). The box is taken as continuous, so the test is conservative.
+STGA_HD bool box_hit(int x0, int y0, int w, int h, const CullGeo& g) {
   if (!g.ok) return true;
-  const float bx0 = sub_rn((float)(tx * kTile) + 0.5f, g.px), bx1 = add_rn(bx0, 15.f);
-  const float by0 = sub_rn((float)(ty * kTile) + 0.5f, g.py), by1 = add_rn(by0, 15.f);
+  const float bx0 = sub_rn((float)x0 + 0.5f, g.px), bx1 = add_rn(bx0, (float)(w - 1));
+  const float by0 = sub_rn((float)y0 + 0.5f, g.py), by1 = add_rn(by0, (float)(h - 1));
   if (bx0 <= 0.f && bx1 >= 0.f && by0 <= 0.f && by1 >= 0.f) return true;
   // The minimum of the quadratic over the box lies on its boundary: minimise on each edge.
   float best = 3.0e38f;
@@ -413,6 +413,11 @@ STGA_HD bool tile_hit(int tx, int ty, const CullGeo& g) {
     best = minf(best, q);
   }
   return best <= g.k;
+}
+
+// Whether the ellipse reaches a pixel centre of tile (tx, ty).
+STGA_HD bool tile_hit(int tx, int ty, const CullGeo& g) {
+  return box_hit(tx * kTile, ty * kTile, kTile, kTile, g);
 }
 
 // Number of tiles of the (already cut) rectangle that list the Gaussian.
@@ -475,6 +480,7 @@ STGA_HD void store_floats(float* p, const float (&v)[NF], int total) {
 
 // ---------------------------------------------------------------------------------------------
 // Per-Gaussian forward: screen position, conic, opacity, colour, depth, radius, tile rectangle.
+// preprocess_forward_one returns the number of tiles listing the Gaussian.
 struct PreOut {
   float* xy;         // (N,2) pixel position of the mean (px, py)
   float* conic_o;    // (N,4) conic a, b, c and opacity
@@ -538,7 +544,7 @@ STGA_UNROLL
 }
 
 template <int D, bool VEC>
-STGA_HD void preprocess_forward_one(int i, const Cam& cam, const GaussIn& in, const PreOut& out) {
+STGA_HD int preprocess_forward_one(int i, const Cam& cam, const GaussIn& in, const PreOut& out) {
   out.radii[i] = 0;
   out.tiles[i] = 0;
   out.order[i] = i;
@@ -546,7 +552,7 @@ STGA_HD void preprocess_forward_one(int i, const Cam& cam, const GaussIn& in, co
   const float m[3] = {in.means[3 * i], in.means[3 * i + 1], in.means[3 * i + 2]};
   float t[3];
   view_point(cam.view, m, t);
-  if (!(t[2] > kNearZ)) return;
+  if (!(t[2] > kNearZ)) return 0;
   float c4[4];
   clip_point(cam.proj, m, c4);
   const float iw = 1.f / c4[3];
@@ -559,14 +565,14 @@ STGA_HD void preprocess_forward_one(int i, const Cam& cam, const GaussIn& in, co
   ewa_cov2d(cam, t, cov, ewa);
   const float a = ewa.a, b = ewa.b, c = ewa.c;
   const float det = a * c - b * b;
-  if (!(det > 0.f)) return;
+  if (!(det > 0.f)) return 0;
   const float idet = 1.f / det;
   const float mid = 0.5f * (a + c);
   const float lam = mid + sqrtf(maxf(0.1f, mid * mid - det));
   const float radius = ceilf(3.f * sqrtf(lam));
   int x0, y0, x1, y1;
   tile_rect(px, py, radius, cam.grid_x, cam.grid_y, x0, y0, x1, y1);
-  if ((x1 - x0) * (y1 - y0) <= 0) return;
+  if ((x1 - x0) * (y1 - y0) <= 0) return 0;
   out.radii[i] = (int)radius;   // the definition's radius; the lists below may be shorter
 
   const float A = c * idet, B = -b * idet, C = a * idet, o = in.opac[i];
@@ -577,7 +583,7 @@ STGA_HD void preprocess_forward_one(int i, const Cam& cam, const GaussIn& in, co
     cull_rect(px, py, A, B, C, k, x0, y0, x1, y1);
     tiles = count_tiles(x0, y0, x1, y1, make_cull_geo(px, py, A, B, C, k));
   }
-  if (tiles <= 0) return;
+  if (tiles <= 0) return 0;
 
   float rgb[3];
   if (in.colors) {
@@ -616,6 +622,7 @@ STGA_UNROLL
   out.rect[4 * i + 2] = (uint16_t)x1;
   out.rect[4 * i + 3] = (uint16_t)y1;
   out.tiles[i] = tiles;
+  return tiles;
 }
 
 // ---------------------------------------------------------------------------------------------

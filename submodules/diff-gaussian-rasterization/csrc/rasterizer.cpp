@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include <cstdlib>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -23,7 +24,9 @@ namespace {
 
 inline int cdiv(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
 
+// The tensor as contiguous float32 on `dev`; the common case (already so) costs no dispatch.
 at::Tensor as_f32(const at::Tensor& t, const at::Device& dev) {
+  if (t.scalar_type() == at::kFloat && t.device() == dev && t.is_contiguous()) return t;
   return t.to(dev, at::kFloat).contiguous();
 }
 
@@ -81,12 +84,12 @@ struct Prepared {
     const at::Device dev = means3D.device();
     N = (int)means3D.size(0);
     means = as_f32(means3D, dev);
-    opac = as_f32(opacities, dev).view({-1});
+    opac = as_f32(opacities, dev);
     TORCH_CHECK(opac.numel() == N, "opacities must have N elements");
-    view = as_f32(viewmatrix, dev).view({-1});
-    proj = as_f32(projmatrix, dev).view({-1});
-    campos = as_f32(campos_, dev).view({-1});
-    bg = as_f32(bg_, dev).view({-1});
+    view = as_f32(viewmatrix, dev);
+    proj = as_f32(projmatrix, dev);
+    campos = as_f32(campos_, dev);
+    bg = as_f32(bg_, dev);
     TORCH_CHECK(view.numel() == 16 && proj.numel() == 16, "matrices must be 4x4");
     TORCH_CHECK(campos.numel() == 3 && bg.numel() == 3, "campos and bg must have 3 elements");
     shs = opt_f32(shs_, dev);
@@ -150,7 +153,7 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
                                 const at::Tensor& viewmatrix, const at::Tensor& projmatrix,
                                 const at::Tensor& campos, const at::Tensor& bg, int64_t W,
                                 int64_t H, double tanfovx, double tanfovy, double scale_modifier,
-                                int64_t sh_degree) {
+                                int64_t sh_degree, bool need_backward) {
   const Prepared p(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix, projmatrix,
                    campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree);
   const int N = p.N;
@@ -163,7 +166,12 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
   at::Tensor radii = at::empty({N}, iopt);
   at::Tensor geom_t = at::empty({(int64_t)N * kGeomFloats}, fopt);
   const Geom geom = geom_at(geom_t.data_ptr<float>(), N);
-  at::Tensor ranges = at::empty({num_tiles, 2}, iopt);
+  // ranges (num_tiles int2), then the 64-bit count of list entries and the two counters of the
+  // backward's work list: one memset zeroes them all
+  at::Tensor ranges = at::empty({2 * (int64_t)num_tiles + 4}, iopt);
+  int* const ranges_p = ranges.data_ptr<int>();
+  auto* const entries_p = reinterpret_cast<unsigned long long*>(ranges_p + 2 * (size_t)num_tiles);
+  STGA_CUDA_CHECK(cudaMemsetAsync(ranges_p, 0, ranges.numel() * sizeof(int), p.stream));
   at::Tensor point_list, entries;
   int R = 0;
   if (N > 0) {
@@ -173,17 +181,24 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
       at::Tensor scratch = at::empty({(int64_t)(sbytes + tbytes)}, bopt);
       char* sp = (char*)scratch.data_ptr();
       const Scratch s = scratch_at((int32_t*)sp, N);
-      STGA_CUDA_CHECK(launch_gaussian_stage(N, cam, p.in, geom, s, radii.data_ptr<int>(),
-                                            sp + sbytes, tbytes, p.stream));
-      STGA_CUDA_CHECK(cudaMemcpyAsync(&R, s.offsets + N - 1, sizeof(int),
-                                      cudaMemcpyDeviceToHost, p.stream));
+      STGA_CUDA_CHECK(launch_preprocess(N, cam, p.in, geom, s, radii.data_ptr<int>(), entries_p,
+                                        p.stream));
+      // The one host sync: the entry count sizes the lists. The depth sort comes after it, so
+      // that its launches overlap with GPU work instead of delaying the sync.
+      unsigned long long total = 0;
+      STGA_CUDA_CHECK(cudaMemcpyAsync(&total, entries_p, sizeof(total), cudaMemcpyDeviceToHost,
+                                      p.stream));
       STGA_CUDA_CHECK(cudaStreamSynchronize(p.stream));
+      TORCH_CHECK(total <= (unsigned long long)std::numeric_limits<int>::max(),
+                  "STGA rasterizer: the Gaussians cover more than 2^31 (tile, Gaussian) pairs; "
+                  "render fewer or smaller Gaussians, or a smaller image");
+      R = (int)total;
+      if (R > 0) STGA_CUDA_CHECK(launch_depth_order(N, s, sp + sbytes, tbytes, p.stream));
       // entries: keys and values now; the scratch is released before the sort's buffers exist
       const size_t kb = align256((size_t)R * 4);
       entries = at::empty({(int64_t)(2 * kb)}, bopt);
       char* ep = (char*)entries.data_ptr();
-      STGA_CUDA_CHECK(launch_emit(N, R, cam, geom, s, (uint32_t*)ep, (int*)(ep + kb),
-                                  ranges.data_ptr<int>(), p.stream));
+      STGA_CUDA_CHECK(launch_emit(N, R, cam, geom, s, (uint32_t*)ep, (int*)(ep + kb), p.stream));
       return kb;
     }();
     point_list = at::empty({R}, iopt);
@@ -194,21 +209,31 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
       char* ep = (char*)entries.data_ptr();
       STGA_CUDA_CHECK(launch_tile_sort(R, cam, (const uint32_t*)ep, (uint32_t*)wp,
                                        (const int*)(ep + kbytes), point_list.data_ptr<int>(),
-                                       ranges.data_ptr<int>(), wp + kbytes, wbytes, p.stream));
+                                       ranges_p, wp + kbytes, wbytes, p.stream));
     }
     entries = at::Tensor();
   } else {
     point_list = at::empty({0}, iopt);
-    ranges.zero_();
   }
 
   at::Tensor color = at::empty({3, H, W}, fopt);
   at::Tensor final_T = at::empty({H, W}, fopt);
   at::Tensor last = at::empty({H, W}, iopt);
-  STGA_CUDA_CHECK(launch_render_forward(cam, ranges.data_ptr<int>(), point_list.data_ptr<int>(),
-                                        geom, color.data_ptr<float>(), final_T.data_ptr<float>(),
-                                        last.data_ptr<int>(), p.stream));
-  return {color, radii, geom_t, point_list, ranges, final_T, last};
+  at::Tensor ckpt, work;
+  BwdSplit split{nullptr, nullptr, ranges_p + 2 * (size_t)num_tiles + 2};
+  // The backward's split along the lists (off only for measurements; results agree to float
+  // rounding either way).
+  const char* no_split = std::getenv("STGA_RASTER_NO_SPLIT");
+  if (need_backward && R > 0 && !(no_split != nullptr && no_split[0] == '1')) {
+    ckpt = at::empty({(int64_t)(ckpt_slots(R) * kBlockPixels * 4)}, fopt);
+    work = at::empty({(int64_t)(work_capacity(R, num_tiles) * 2)}, iopt);
+    split.ckpt = reinterpret_cast<float4*>(ckpt.data_ptr<float>());
+    split.work = reinterpret_cast<int2*>(work.data_ptr<int>());
+  }
+  STGA_CUDA_CHECK(launch_render_forward(cam, ranges_p, point_list.data_ptr<int>(), geom,
+                                        color.data_ptr<float>(), final_T.data_ptr<float>(),
+                                        last.data_ptr<int>(), split, p.stream));
+  return {color, radii, geom_t, point_list, ranges, final_T, last, ckpt, work};
 }
 
 // Backward, part 1: the blending pass, accumulating per-Gaussian screen-space gradients. Split
@@ -220,23 +245,33 @@ at::Tensor backward_render(const at::Tensor& grad_color, const at::Tensor& means
                            double tanfovx, double tanfovy, double scale_modifier,
                            int64_t sh_degree, at::Tensor geom_t, const at::Tensor& point_list,
                            const at::Tensor& ranges, const at::Tensor& final_T,
-                           const at::Tensor& last) {
+                           const at::Tensor& last, const std::optional<at::Tensor>& ckpt,
+                           const std::optional<at::Tensor>& work) {
   const c10::cuda::CUDAGuard guard(means3D.device());
   check_means(means3D);
   const int N = (int)means3D.size(0);
   const at::Device dev = means3D.device();
-  const at::Tensor bgf = as_f32(bg, dev).view({-1});
+  const at::Tensor bgf = as_f32(bg, dev);
+  TORCH_CHECK(bgf.numel() == 3, "bg must have 3 elements");
   Cam cam = image_cam(W, H);
   cam.bg = bgf.data_ptr<float>();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor dcolor = as_f32(grad_color, dev);
   TORCH_CHECK(dcolor.numel() == 3 * H * W, "grad of color must be (3,H,W)");
+  const int R = (int)point_list.numel();
+  const int num_tiles = cam.grid_x * cam.grid_y;
+  TORCH_CHECK(ranges.numel() == 2 * (int64_t)num_tiles + 4, "ranges size mismatch");
+  BwdSplit split{nullptr, nullptr, ranges.data_ptr<int>() + 2 * (size_t)num_tiles + 2};
+  if (ckpt.has_value() && ckpt->defined() && work.has_value() && work->defined()) {
+    split.ckpt = reinterpret_cast<float4*>(ckpt->data_ptr<float>());
+    split.work = reinterpret_cast<int2*>(work->data_ptr<int>());
+  }
   at::Tensor acc = at::empty({(int64_t)N * kGradSlots}, means3D.options().dtype(at::kFloat));
   STGA_CUDA_CHECK(launch_backward_render(N, cam, ranges.data_ptr<int>(), point_list.data_ptr<int>(),
-                                         (int)point_list.numel(),
-                                         geom_at(geom_t.data_ptr<float>(), N),
+                                         R, geom_at(geom_t.data_ptr<float>(), N),
                                          final_T.data_ptr<float>(), last.data_ptr<int>(),
-                                         dcolor.data_ptr<float>(), acc.data_ptr<float>(), stream));
+                                         dcolor.data_ptr<float>(), split, acc.data_ptr<float>(),
+                                         stream));
   return acc;
 }
 
@@ -290,11 +325,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "STGA differentiable Gaussian rasterizer (CUDA)";
   m.def("forward", &stga::forward,
         "forward(means3D, opacities, shs, colors, scales, rotations, cov3D, viewmatrix, "
-        "projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree) -> "
-        "[color, radii, geom, point_list, ranges, final_T, last]");
+        "projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree, "
+        "need_backward) -> [color, radii, geom, point_list, ranges, final_T, last, ckpt, work]");
   m.def("backward_render", &stga::backward_render,
         "backward_render(grad_color, means3D, viewmatrix, projmatrix, campos, bg, W, H, tanfovx, "
-        "tanfovy, scale_modifier, sh_degree, geom, point_list, ranges, final_T, last) -> acc");
+        "tanfovy, scale_modifier, sh_degree, geom, point_list, ranges, final_T, last, ckpt, "
+        "work) -> acc");
   m.def("backward_preprocess", &stga::backward_preprocess,
         "backward_preprocess(acc, means3D, opacities, shs, colors, scales, rotations, cov3D, "
         "viewmatrix, projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree, "

@@ -98,11 +98,16 @@ def load_error() -> Optional[str]:
     return _error
 
 
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """The camera tensor without autograd history (``detach`` only where there is one)."""
+    return t.detach() if t.requires_grad else t
+
+
 def _camera_args(settings) -> tuple:
-    return (settings.viewmatrix.detach(), settings.projmatrix.detach(),
-            settings.campos.detach(), settings.bg.detach(), int(settings.image_width),
-            int(settings.image_height), float(settings.tanfovx), float(settings.tanfovy),
-            float(settings.scale_modifier), int(settings.sh_degree))
+    return (_plain(settings.viewmatrix), _plain(settings.projmatrix), _plain(settings.campos),
+            _plain(settings.bg), int(settings.image_width), int(settings.image_height),
+            float(settings.tanfovx), float(settings.tanfovy), float(settings.scale_modifier),
+            int(settings.sh_degree))
 
 
 def _cast(grad: Optional[torch.Tensor], like: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -113,15 +118,17 @@ def _cast(grad: Optional[torch.Tensor], like: Optional[torch.Tensor]) -> Optiona
 
 class _RasterizeCUDA(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cam, means3D, means2D, opacities, shs, colors, scales, rotations, cov3D):
-        (color, radii, geom, point_list, ranges, final_t,
-         last) = _ext.forward(means3D, opacities, shs, colors, scales, rotations, cov3D, *cam)
+    def forward(ctx, cam, need_backward, means3D, means2D, opacities, shs, colors, scales,
+                rotations, cov3D):
+        (color, radii, geom, point_list, ranges, final_t, last, ckpt,
+         work) = _ext.forward(means3D, opacities, shs, colors, scales, rotations, cov3D, *cam,
+                              need_backward)
         ctx.cam = cam
         ctx.means2D_dtype = means2D.dtype
         ctx.save_for_backward(means3D, opacities, shs, colors, scales, rotations, cov3D, radii)
         # Internal buffers, held outside save_for_backward so that backward can drop them
         # before it allocates the gradients (lower peak memory).
-        ctx.state = (geom, point_list, ranges, final_t, last)
+        ctx.state = (geom, point_list, ranges, final_t, last, ckpt, work)
         ctx.mark_non_differentiable(radii)
         # radii never has a gradient: without this, autograd would allocate and fill an (N,)
         # zero tensor for it on every backward, on the path to the first backward kernel.
@@ -133,7 +140,7 @@ class _RasterizeCUDA(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_color, grad_radii):
         if grad_color is None:  # nothing depended on the image
-            return (None,) * 9
+            return (None,) * 10
         means3D, opacities, shs, colors, scales, rotations, cov3D, radii = ctx.saved_tensors
         state = ctx.state
         if state is None:
@@ -148,7 +155,7 @@ class _RasterizeCUDA(torch.autograd.Function):
         del acc
         if d_means2D.dtype != ctx.means2D_dtype:
             d_means2D = d_means2D.to(ctx.means2D_dtype)
-        return (None, _cast(d_means, means3D), d_means2D, _cast(d_opac, opacities),
+        return (None, None, _cast(d_means, means3D), d_means2D, _cast(d_opac, opacities),
                 _cast(d_shs, shs), _cast(d_colors, colors), _cast(d_scales, scales),
                 _cast(d_rots, rotations), _cast(d_cov, cov3D))
 
@@ -166,5 +173,8 @@ def rasterize(settings, means3D: torch.Tensor, means2D: torch.Tensor, opacities:
         raise ValueError("the CUDA backend needs CUDA tensors")
     if cov3D_precomp is not None:
         scales = rotations = None
-    return _RasterizeCUDA.apply(_camera_args(settings), means3D, means2D, opacities, shs,
-                                colors_precomp, scales, rotations, cov3D_precomp)
+    inputs = (means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp)
+    # The forward keeps the backward's work split only when a backward can follow.
+    need_backward = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in inputs)
+    return _RasterizeCUDA.apply(_camera_args(settings), need_backward, *inputs)
