@@ -1,5 +1,5 @@
-// PyTorch side of the STGA CUDA rasterizer: argument checks, buffer allocation, and the Python
-// bindings. The kernels are in kernels.cu. Written from scratch for STGA.
+// PyTorch side of the STGA CUDA rasterizer: argument checks, buffer allocation, the autograd
+// function and the Python binding. The kernels are in kernels.cu. Written from scratch for STGA.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
@@ -319,21 +319,141 @@ std::vector<at::Tensor> backward_preprocess(const at::Tensor& acc, const at::Ten
   return {d_means, d_means2D, d_opac, d_shs, d_colors, d_scales, d_rots, d_cov3D};
 }
 
+// The autograd function, in C++ so that neither the forward nor the backward goes through Python:
+// autograd's engine calls backward() directly, without the interpreter on the critical path.
+namespace {
+
+at::Tensor cast_to(const at::Tensor& g, at::ScalarType t) {
+  return (!g.defined() || g.scalar_type() == t) ? g : g.to(t);
+}
+
+at::Tensor opt_or_undef(const std::optional<at::Tensor>& t) {
+  return (t.has_value() && t->defined()) ? *t : at::Tensor();
+}
+
+std::optional<at::Tensor> undef_to_opt(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+// Buffers of the forward that the backward consumes, in backward_render's argument order.
+const char* const kStateKeys[] = {"geom", "point_list", "ranges", "final_T", "last", "ckpt",
+                                  "work"};
+
+class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
+ public:
+  static constexpr int kArgs = 19;  // forward's arguments after ctx
+
+  static torch::autograd::variable_list forward(
+      torch::autograd::AutogradContext* ctx, const at::Tensor& means3D, const at::Tensor& means2D,
+      const at::Tensor& opacities, const std::optional<at::Tensor>& shs,
+      const std::optional<at::Tensor>& colors, const std::optional<at::Tensor>& scales,
+      const std::optional<at::Tensor>& rots, const std::optional<at::Tensor>& cov3D,
+      const at::Tensor& viewmatrix, const at::Tensor& projmatrix, const at::Tensor& campos,
+      const at::Tensor& bg, int64_t W, int64_t H, double tanfovx, double tanfovy,
+      double scale_modifier, int64_t sh_degree, bool need_backward) {
+    std::vector<at::Tensor> out =
+        stga::forward(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix,
+                      projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree,
+                      need_backward);
+    const at::Tensor& radii = out[1];
+    ctx->save_for_backward({means3D, opacities, opt_or_undef(shs), opt_or_undef(colors),
+                            opt_or_undef(scales), opt_or_undef(rots), opt_or_undef(cov3D), radii,
+                            viewmatrix, projmatrix, campos, bg});
+    auto& d = ctx->saved_data;
+    d["W"] = W;
+    d["H"] = H;
+    d["tanfovx"] = tanfovx;
+    d["tanfovy"] = tanfovy;
+    d["scale_modifier"] = scale_modifier;
+    d["sh_degree"] = sh_degree;
+    d["means2D_dtype"] = (int64_t)means2D.scalar_type();
+    // Held outside save_for_backward so that backward can drop them before it allocates the
+    // gradients (lower peak memory).
+    for (int k = 0; k < 7; ++k) d[kStateKeys[k]] = out[2 + k];
+    ctx->mark_non_differentiable({radii});
+    // radii never has a gradient: no zero tensor is materialised for it on every backward.
+    ctx->set_materialize_grads(false);
+    return {cast_to(out[0], means3D.scalar_type()), radii};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list result(kArgs);
+    const at::Tensor& grad_color = grads[0];
+    if (!grad_color.defined()) return result;  // nothing depended on the image
+    auto& d = ctx->saved_data;
+    TORCH_CHECK(d.count(kStateKeys[0]) != 0,
+                "the CUDA rasterizer supports one backward pass per forward (its buffers are "
+                "released); render again");
+    const torch::autograd::variable_list v = ctx->get_saved_variables();
+    const at::Tensor &means3D = v[0], &opacities = v[1], &radii = v[7];
+    const at::Tensor &view = v[8], &proj = v[9], &campos = v[10], &bg = v[11];
+    const int64_t W = d["W"].toInt(), H = d["H"].toInt(), deg = d["sh_degree"].toInt();
+    const double tx = d["tanfovx"].toDouble(), ty = d["tanfovy"].toDouble();
+    const double sm = d["scale_modifier"].toDouble();
+    const auto m2d_dtype = (at::ScalarType)d["means2D_dtype"].toInt();
+    at::Tensor acc;
+    {
+      std::vector<at::Tensor> st;
+      for (const char* k : kStateKeys) {
+        st.push_back(d[k].toTensor());
+        d.erase(k);
+      }
+      acc = backward_render(grad_color, means3D, view, proj, campos, bg, W, H, tx, ty, sm, deg,
+                            st[0], st[1], st[2], st[3], st[4], undef_to_opt(st[5]),
+                            undef_to_opt(st[6]));
+    }  // the forward's buffers are released here, before the gradients exist
+    std::vector<at::Tensor> g = backward_preprocess(
+        acc, means3D, opacities, undef_to_opt(v[2]), undef_to_opt(v[3]), undef_to_opt(v[4]),
+        undef_to_opt(v[5]), undef_to_opt(v[6]), view, proj, campos, bg, W, H, tx, ty, sm, deg,
+        radii);
+    acc.reset();
+    result[0] = cast_to(g[0], means3D.scalar_type());
+    result[1] = cast_to(g[1], m2d_dtype);
+    result[2] = cast_to(g[2], opacities.scalar_type());
+    for (int k = 0; k < 5; ++k)  // shs, colors, scales, rotations, cov3D
+      if (v[2 + k].defined()) result[3 + k] = cast_to(g[3 + k], v[2 + k].scalar_type());
+    return result;
+  }
+};
+
+}  // namespace
+
+// Render (color, radii) through the C++ autograd function.
+std::vector<at::Tensor> rasterize(const at::Tensor& means3D, const at::Tensor& means2D,
+                                  const at::Tensor& opacities,
+                                  const std::optional<at::Tensor>& shs,
+                                  const std::optional<at::Tensor>& colors,
+                                  const std::optional<at::Tensor>& scales,
+                                  const std::optional<at::Tensor>& rots,
+                                  const std::optional<at::Tensor>& cov3D,
+                                  const at::Tensor& viewmatrix, const at::Tensor& projmatrix,
+                                  const at::Tensor& campos, const at::Tensor& bg, int64_t W,
+                                  int64_t H, double tanfovx, double tanfovy,
+                                  double scale_modifier, int64_t sh_degree) {
+  const bool has_cov = cov3D.has_value() && cov3D->defined();
+  const std::optional<at::Tensor> sc = has_cov ? std::nullopt : scales;
+  const std::optional<at::Tensor> ro = has_cov ? std::nullopt : rots;
+  auto grad = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() && t->defined() && t->requires_grad();
+  };
+  // The forward keeps the backward's work split only when a backward can follow.
+  const bool need_backward =
+      at::GradMode::is_enabled() &&
+      (means3D.requires_grad() || means2D.requires_grad() || opacities.requires_grad() ||
+       grad(shs) || grad(colors) || grad(sc) || grad(ro) || grad(cov3D));
+  torch::autograd::variable_list out = RasterizeFunction::apply(
+      means3D, means2D, opacities, shs, colors, sc, ro, cov3D, viewmatrix, projmatrix, campos, bg,
+      W, H, tanfovx, tanfovy, scale_modifier, sh_degree, need_backward);
+  return {out[0], out[1]};
+}
+
 }  // namespace stga
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "STGA differentiable Gaussian rasterizer (CUDA)";
-  m.def("forward", &stga::forward,
-        "forward(means3D, opacities, shs, colors, scales, rotations, cov3D, viewmatrix, "
-        "projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree, "
-        "need_backward) -> [color, radii, geom, point_list, ranges, final_T, last, ckpt, work]");
-  m.def("backward_render", &stga::backward_render,
-        "backward_render(grad_color, means3D, viewmatrix, projmatrix, campos, bg, W, H, tanfovx, "
-        "tanfovy, scale_modifier, sh_degree, geom, point_list, ranges, final_T, last, ckpt, "
-        "work) -> acc");
-  m.def("backward_preprocess", &stga::backward_preprocess,
-        "backward_preprocess(acc, means3D, opacities, shs, colors, scales, rotations, cov3D, "
-        "viewmatrix, projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree, "
-        "radii) -> [d_means3D, d_means2D, d_opacities, d_shs, d_colors, d_scales, d_rotations, "
-        "d_cov3D]");
+  m.def("rasterize", &stga::rasterize,
+        "rasterize(means3D, means2D, opacities, shs, colors, scales, rotations, cov3D, "
+        "viewmatrix, projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree) "
+        "-> [color, radii], differentiable (C++ autograd function)");
 }

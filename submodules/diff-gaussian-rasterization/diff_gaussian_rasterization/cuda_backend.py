@@ -1,4 +1,4 @@
-"""CUDA backend of the rasterizer: the compiled extension wrapped in an autograd function.
+"""CUDA backend of the rasterizer: the compiled extension, which is its own (C++) autograd function.
 
 The extension (sources in ``csrc/``) is used prebuilt when ``pip install --no-build-isolation``
 compiled it on a CUDA machine (module ``diff_gaussian_rasterization._C``); otherwise
@@ -110,56 +110,6 @@ def _camera_args(settings) -> tuple:
             int(settings.sh_degree))
 
 
-def _cast(grad: Optional[torch.Tensor], like: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    if grad is None or like is None:
-        return None
-    return grad if grad.dtype == like.dtype else grad.to(like.dtype)
-
-
-class _RasterizeCUDA(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, cam, need_backward, means3D, means2D, opacities, shs, colors, scales,
-                rotations, cov3D):
-        (color, radii, geom, point_list, ranges, final_t, last, ckpt,
-         work) = _ext.forward(means3D, opacities, shs, colors, scales, rotations, cov3D, *cam,
-                              need_backward)
-        ctx.cam = cam
-        ctx.means2D_dtype = means2D.dtype
-        ctx.save_for_backward(means3D, opacities, shs, colors, scales, rotations, cov3D, radii)
-        # Internal buffers, held outside save_for_backward so that backward can drop them
-        # before it allocates the gradients (lower peak memory).
-        ctx.state = (geom, point_list, ranges, final_t, last, ckpt, work)
-        ctx.mark_non_differentiable(radii)
-        # radii never has a gradient: without this, autograd would allocate and fill an (N,)
-        # zero tensor for it on every backward, on the path to the first backward kernel.
-        ctx.set_materialize_grads(False)
-        if color.dtype != means3D.dtype:
-            color = color.to(means3D.dtype)
-        return color, radii
-
-    @staticmethod
-    def backward(ctx, grad_color, grad_radii):
-        if grad_color is None:  # nothing depended on the image
-            return (None,) * 10
-        means3D, opacities, shs, colors, scales, rotations, cov3D, radii = ctx.saved_tensors
-        state = ctx.state
-        if state is None:
-            raise RuntimeError("the CUDA rasterizer supports one backward pass per forward "
-                               "(its buffers are released); render again")
-        ctx.state = None
-        acc = _ext.backward_render(grad_color, means3D, *ctx.cam, *state)
-        del state
-        (d_means, d_means2D, d_opac, d_shs, d_colors, d_scales, d_rots,
-         d_cov) = _ext.backward_preprocess(acc, means3D, opacities, shs, colors, scales,
-                                           rotations, cov3D, *ctx.cam, radii)
-        del acc
-        if d_means2D.dtype != ctx.means2D_dtype:
-            d_means2D = d_means2D.to(ctx.means2D_dtype)
-        return (None, None, _cast(d_means, means3D), d_means2D, _cast(d_opac, opacities),
-                _cast(d_shs, shs), _cast(d_colors, colors), _cast(d_scales, scales),
-                _cast(d_rots, rotations), _cast(d_cov, cov3D))
-
-
 def rasterize(settings, means3D: torch.Tensor, means2D: torch.Tensor, opacities: torch.Tensor,
               shs: Optional[torch.Tensor] = None, colors_precomp: Optional[torch.Tensor] = None,
               scales: Optional[torch.Tensor] = None, rotations: Optional[torch.Tensor] = None,
@@ -171,10 +121,7 @@ def rasterize(settings, means3D: torch.Tensor, means2D: torch.Tensor, opacities:
                            + (_error or "PyTorch sees no CUDA device"))
     if not means3D.is_cuda:
         raise ValueError("the CUDA backend needs CUDA tensors")
-    if cov3D_precomp is not None:
-        scales = rotations = None
-    inputs = (means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp)
-    # The forward keeps the backward's work split only when a backward can follow.
-    need_backward = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in inputs)
-    return _RasterizeCUDA.apply(_camera_args(settings), need_backward, *inputs)
+    # The extension's own (C++) autograd function: neither pass goes through Python.
+    color, radii = _ext.rasterize(means3D, means2D, opacities, shs, colors_precomp, scales,
+                                  rotations, cov3D_precomp, *_camera_args(settings))
+    return color, radii
