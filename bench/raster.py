@@ -225,7 +225,8 @@ def timeline(cases: str, iters: int = 50):
                 t1 = time.perf_counter()
                 if sync_fwd:
                     torch.cuda.synchronize()
-                    rows_sync.append((time.perf_counter() - t0) * 1e6) if it >= 10 else None
+                    if it >= 10:
+                        rows_sync.append((time.perf_counter() - t0) * 1e6)
                     (img * img).mean().backward()
                     torch.cuda.synchronize()
                     continue
