@@ -266,6 +266,27 @@ def test_thousands_in_one_tile():
     check(s, pick(scene), seed=16)
 
 
+@pytest.mark.parametrize("n", [1500, 6000, 20000])
+def test_lists_longer_than_a_sort_chunk(n):
+    # Tile lists are depth-sorted in shared memory in chunks of 1024 entries; longer lists merge
+    # their sorted runs (1500: one merge pass; 6000: three and 20000: five, through the merge
+    # buffer). All the Gaussians sit where four tiles meet, at low opacity, so pixels see deep
+    # into the lists and a wrong order would change the image.
+    s = make_settings(32, 32, seed=24, dist=3.0, tany=0.3)
+    scene = random_scene(n, seed=24, spread=0.01, scale=(0.03, 0.1), opacity=(0.002, 0.02))
+    check(s, pick(scene), seed=24)
+
+
+def test_equal_depths_in_index_order():
+    # Clones (as densification makes them) share their mean, hence their depth; the definition
+    # orders ties by index, and so must the per-tile sort. 600 Gaussians on 40 distinct means.
+    s = make_settings(96, 64, seed=25)
+    scene = random_scene(600, seed=25, scale=(0.01, 0.05))
+    src = torch.randint(0, 40, (600,), generator=torch.Generator().manual_seed(25))
+    scene["means3D"] = scene["means3D"][src]
+    check(s, pick(scene), seed=25)
+
+
 def test_larger_image_many_gaussians():
     s = make_settings(802, 550, cx_off=0.03, cy_off=0.02, seed=17, dist=2.0)
     check(s, pick(random_scene(20000, seed=17, scale=(0.003, 0.02))), seed=17)

@@ -1,16 +1,15 @@
 // CUDA kernels of the STGA rasterizer. Written from scratch for STGA; the function computed is
 // defined in the package README.
 //
-// Forward: preprocess (one thread per Gaussian; counts the list entries) -> host sync on that
-// count -> stable sort of the Gaussians by depth -> tiles per Gaussian in depth order, inclusive
-// scan -> one (tile, Gaussian) entry per listing tile, emitted in depth order -> stable sort by
-// tile id (so each tile's list is in depth order, ties by index) -> per-tile ranges -> blending,
-// one warp per 8x4 pixel patch, one thread per pixel.
+// Forward: preprocess (one thread per Gaussian; each warp then counts the tiles listing its
+// Gaussians, and the last block lays out the per-tile lists) -> host sync on the entry count ->
+// emission of the (depth key, Gaussian) entries into each tile's range, in no particular order ->
+// per-tile sort by depth key, ties by index (in shared memory, chunks of kSortChunk; longer lists
+// merge their runs) -> blending, one warp per 8x4 pixel patch, one thread per pixel.
 // Backward: blending in reverse per (patch, segment of the tile's list), per-pixel gradients
 // summed over each warp and added to a per-Gaussian accumulator, then one thread per Gaussian for
 // the chain rule to the inputs.
-#include <cub/cub.cuh>
-
+#include <cub/block/block_radix_sort.cuh>
 #include <type_traits>
 
 #include "kernels.h"
@@ -49,25 +48,312 @@ inline bool use_vec(const Cam& cam, const GaussIn& in) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Tile lists.
+
+// Rectangles of up to this many tiles are listed by their Gaussian's own lane. (Measured: 64, as
+// many as are tested, made the preprocessing slower, 134 -> 145 us at 300k/1604x1100.)
+constexpr int kLaneTiles = 8;
+
+// Visits every tile that lists one of the warp's `active` Gaussians (rectangle and test constants
+// in L): visit(tile, payload of that Gaussian's lane) runs on the lane that found the tile, which
+// is the Gaussian's own lane for rectangles of up to LANE_TILES tiles, and any lane of the warp
+// (spread over one Gaussian's tiles at a time) for larger ones. Returns the number of tiles
+// visited by this lane's calls, counting the warp's shared work on lane 0, so that the sum over
+// the warp is its total. Preprocessing and emission both list through here, so they agree.
+template <int LANE_TILES, class Visit>
+__device__ __forceinline__ int warp_list_tiles(bool active, const Listing& L, int cull, int grid_x,
+                                               unsigned long long payload, Visit&& visit) {
+  const int lane = threadIdx.x & 31;
+  const int area = active ? L.area() : 0;
+  int mine = 0;
+  if (area > 0 && area <= LANE_TILES) {
+    const bool test = tests_tiles(cull, area);
+    for (int ty = L.y0; ty < L.y1; ++ty) {
+      for (int tx = L.x0; tx < L.x1; ++tx) {
+        if (!test || tile_hit(tx, ty, L.geo)) {
+          visit(ty * grid_x + tx, payload);
+          ++mine;
+        }
+      }
+    }
+  }
+  int shared = 0;
+  unsigned todo = __ballot_sync(kFull, area > LANE_TILES);
+  while (todo) {
+    const int b = __ffs(todo) - 1;
+    todo &= todo - 1;
+    const int x0 = __shfl_sync(kFull, L.x0, b), y0 = __shfl_sync(kFull, L.y0, b);
+    const int x1 = __shfl_sync(kFull, L.x1, b), y1 = __shfl_sync(kFull, L.y1, b);
+    const unsigned long long pb = __shfl_sync(kFull, payload, b);
+    const int w = x1 - x0;
+    const int n = w * (y1 - y0);
+    const bool test = tests_tiles(cull, n);
+    CullGeo g;
+    if (test) {  // uniform over the warp
+      g.px = __shfl_sync(kFull, L.geo.px, b);
+      g.py = __shfl_sync(kFull, L.geo.py, b);
+      g.A = __shfl_sync(kFull, L.geo.A, b);
+      g.B = __shfl_sync(kFull, L.geo.B, b);
+      g.C = __shfl_sync(kFull, L.geo.C, b);
+      g.k = __shfl_sync(kFull, L.geo.k, b);
+      g.b_over_c = __shfl_sync(kFull, L.geo.b_over_c, b);
+      g.b_over_a = __shfl_sync(kFull, L.geo.b_over_a, b);
+      g.ok = __shfl_sync(kFull, (int)L.geo.ok, b) != 0;
+    }
+    for (int t0 = 0; t0 < n; t0 += 32) {
+      const int t = t0 + lane;
+      bool ok = false;
+      int tile = 0;
+      if (t < n) {
+        const int ty = y0 + t / w, tx = x0 + t % w;
+        tile = ty * grid_x + tx;
+        ok = !test || tile_hit(tx, ty, g);
+      }
+      if (ok) visit(tile, pb);
+      shared += __popc(__ballot_sync(kFull, ok));
+    }
+  }
+  return mine + (lane == 0 ? shared : 0);
+}
+
+// Exclusive scan of the K values v over the block (blockDim.x == 256); total gets the sums.
+template <int K>
+__device__ __forceinline__ void block_exclusive_scan(unsigned (&v)[K], unsigned (&total)[K]) {
+  __shared__ unsigned s_warp[8][K];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned inc[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) inc[k] = v[k];
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const unsigned x = __shfl_up_sync(kFull, inc[k], off);
+      if (lane >= off) inc[k] += x;
+    }
+  }
+  if (lane == 31) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) s_warp[warp][k] = inc[k];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    unsigned before = 0, sum = 0;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) {
+      before += w < warp ? s_warp[w][k] : 0u;
+      sum += s_warp[w][k];
+    }
+    v[k] = before + inc[k] - v[k];
+    total[k] = sum;
+  }
+  __syncthreads();  // s_warp is reused by the next call
+}
+
+// Run by the preprocessing's last block (256 threads), once every tile's count is in its cursor:
+// each tile's range and its cursor set to its start (the emission advances the cursors), the
+// lists of non-empty and of long tiles, and ListStats (but entries). Unsigned sums: if there are
+// more than 2^31 entries the host stops before using any of this.
+__device__ void layout_lists(int T, const TileLists& l) {
+  constexpr int kItems = 8;
+  unsigned carry[4] = {0u, 0u, 0u, 0u};  // entries, non-empty tiles, long tiles, long entries
+  int longest = 0;
+  for (int base = 0; base < T; base += 256 * kItems) {
+    const int first = base + threadIdx.x * kItems;
+    unsigned c[kItems];
+    unsigned at[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      c[k] = first + k < T ? (unsigned)__ldcg(&l.cursors[(size_t)(first + k) * kCursorStride])
+                           : 0u;
+      const bool is_long = c[k] > (unsigned)kSortChunk;
+      at[0] += c[k];
+      at[1] += c[k] > 0 ? 1u : 0u;
+      at[2] += is_long ? 1u : 0u;
+      at[3] += is_long ? c[k] : 0u;
+      longest = max(longest, (int)c[k]);
+    }
+    unsigned total[4];
+    block_exclusive_scan<4>(at, total);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) at[k] += carry[k];
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      if (first + k >= T) break;
+      const int t = first + k;
+      l.ranges[t] = make_int2((int)at[0], (int)(at[0] + c[k]));
+      l.cursors[(size_t)t * kCursorStride] = (int)at[0];
+      at[0] += c[k];
+      if (c[k] > 0) l.nonempty[at[1]++] = t;
+      if (c[k] > (unsigned)kSortChunk) {
+        l.long_tiles[at[2]] = t;
+        l.long_offset[at[2]++] = (int)at[3];
+        at[3] += c[k];
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) carry[k] += total[k];
+  }
+  __shared__ int s_max[8];
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1)
+    longest = max(longest, __shfl_xor_sync(kFull, longest, off));
+  if ((threadIdx.x & 31) == 0) s_max[threadIdx.x >> 5] = longest;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < 8; ++w) longest = max(longest, s_max[w]);
+    l.stats->nonempty = (int)carry[1];
+    l.stats->num_long = (int)carry[2];
+    l.stats->long_entries = (int)carry[3];
+    l.stats->longest = longest;
+  }
+}
+
+// Sorting one chunk of a tile's list (at most kSortChunk entries) in a block: a stable radix sort
+// of the depth keys (only the bits that vary within the chunk), carrying the Gaussian indices.
+// Equal depths (clones, planes facing the camera) are then put in index order by two more stable
+// sorts, by index and again by depth, only in chunks that have them.
+constexpr int kSortThreads = 256;
+static_assert(kSortChunk == 4 * kSortThreads, "chunks: up to 4 entries per thread");
+template <int ITEMS>
+using ChunkRadixSort = cub::BlockRadixSort<unsigned, kSortThreads, ITEMS, unsigned>;
+union ChunkSortStorage {
+  typename ChunkRadixSort<1>::TempStorage items1;
+  typename ChunkRadixSort<4>::TempStorage items4;
+  struct {
+    unsigned key[kSortChunk];  // depth bits minus the chunk's smallest
+    unsigned idx[kSortChunk];
+  } out;
+};
+
+// Sorts the `len` entries at src into s.out (key relative to *key_min, which is set here).
+template <int ITEMS>
+__device__ void sort_chunk(const unsigned long long* __restrict__ src, int len,
+                           ChunkSortStorage& s, unsigned* key_min, unsigned* key_max) {
+  using Sort = ChunkRadixSort<ITEMS>;
+  auto& temp = reinterpret_cast<typename Sort::TempStorage&>(s);
+  unsigned k[ITEMS], v[ITEMS];
+  unsigned lo = 0xffffffffu, hi = 0u;
+  if (threadIdx.x == 0) {
+    *key_min = 0xffffffffu;
+    *key_max = 0u;
+  }
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const int p = threadIdx.x * ITEMS + i;
+    if (p < len) {
+      const unsigned long long e = src[p];
+      k[i] = (unsigned)(e >> 32);
+      v[i] = (unsigned)e;
+      lo = min(lo, k[i]);
+      hi = max(hi, k[i]);
+    } else {  // padding: sorts after every entry (stable sort, larger or equal key, later)
+      k[i] = 0xffffffffu;
+      v[i] = 0xffffffffu;
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    lo = min(lo, __shfl_xor_sync(kFull, lo, off));
+    hi = max(hi, __shfl_xor_sync(kFull, hi, off));
+  }
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) {
+    atomicMin(key_min, lo);
+    atomicMax(key_max, hi);
+  }
+  __syncthreads();
+  const unsigned kmin = *key_min, range = *key_max - kmin;
+  const int bits = range == 0 ? 0 : 32 - __clz(range);
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i)
+    if (threadIdx.x * ITEMS + i < len) k[i] -= kmin;
+  if (bits > 0) {
+    Sort(temp).Sort(k, v, 0, bits);
+    __syncthreads();  // the sort's storage becomes s.out
+  }
+  auto store = [&] {  // the sorted entries to s.out (the block's threads hold them in order)
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int p = threadIdx.x * ITEMS + i;
+      if (p < len) {
+        s.out.key[p] = k[i];
+        s.out.idx[p] = v[i];
+      }
+    }
+    __syncthreads();
+  };
+  store();
+  bool tie = false;
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const int p = threadIdx.x * ITEMS + i;
+    if (p > 0 && p < len && s.out.key[p] == s.out.key[p - 1]) tie = true;
+  }
+  if (__syncthreads_or(tie)) {
+    Sort(temp).Sort(v, k, 0, 32);  // by index ...
+    __syncthreads();
+    if (bits > 0) {
+      Sort(temp).Sort(k, v, 0, bits);  // ... then stably by depth
+      __syncthreads();
+    }
+    store();
+  }
+}
+
+// Number of elements of the sorted a[0, n) below key.
+__device__ __forceinline__ int lower_bound(const unsigned long long* a, int n,
+                                           unsigned long long key) {
+  int lo = 0, hi = n;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (a[mid] < key) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Per-Gaussian kernels.
-// Also adds the block's number of list entries to *entries (one 64-bit integer atomic per block,
-// so the total is exact and does not depend on the order).
+// The preprocessing also counts each tile's entries (its cursor) and the total (stats->entries,
+// one 64-bit integer atomic per block, so exact and order-free); its last block lays out the
+// lists.
 template <int D, bool VEC>
 __global__ void __launch_bounds__(256)
-preprocess_fwd_kernel(int N, Cam cam, GaussIn in, PreOut out,
-                      unsigned long long* __restrict__ entries) {
-  __shared__ unsigned long long s_sum[256 / 32];
+preprocess_fwd_kernel(int N, Cam cam, GaussIn in, PreOut out, TileLists lists) {
+  __shared__ unsigned s_sum[256 / 32];
+  __shared__ bool s_last;
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  unsigned long long t = 0;
-  if (i < N) t = (unsigned long long)preprocess_forward_one<D, VEC>(i, cam, in, out);
+  Listing L{};
+  bool listed = false;
+  if (i < N) {
+    listed = preprocess_forward_one<D, VEC>(i, cam, in, out, L);
+    reinterpret_cast<ushort4*>(out.rect)[i] =
+        listed ? make_ushort4((uint16_t)L.x0, (uint16_t)L.y0, (uint16_t)L.x1, (uint16_t)L.y1)
+               : make_ushort4(0, 0, 0, 0);
+  }
+  const int n = warp_list_tiles<kLaneTiles>(listed, L, cam.cull, cam.grid_x, 0ull,
+                                [&](int tile, unsigned long long) {
+                                  atomicAdd(&lists.cursors[(size_t)tile * kCursorStride], 1);
+                                });
+  unsigned wn = (unsigned)n;
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) t += __shfl_xor_sync(kFull, t, off);
-  if ((threadIdx.x & 31) == 0) s_sum[threadIdx.x >> 5] = t;
+  for (int off = 16; off > 0; off >>= 1) wn += __shfl_xor_sync(kFull, wn, off);
+  if ((threadIdx.x & 31) == 0) s_sum[threadIdx.x >> 5] = wn;
   __syncthreads();
   if (threadIdx.x == 0) {
     unsigned long long b = 0;
     for (int w = 0; w < (int)(blockDim.x >> 5); ++w) b += s_sum[w];
-    if (b) atomicAdd(entries, b);
+    if (b) atomicAdd(&lists.stats->entries, b);
+  }
+  // The last block to finish (threadFenceReduction pattern) lays out the lists.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(lists.blocks_done, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (s_last) {
+    __threadfence();
+    layout_lists(cam.grid_x * cam.grid_y, lists);
   }
 }
 
@@ -79,85 +365,89 @@ preprocess_bwd_kernel(int N, Cam cam, GaussIn in, const int* __restrict__ radii,
   if (i < N) preprocess_backward_one<D, VEC>(i, cam, in, radii, acc, g);
 }
 
+// Each listed Gaussian's entries (depth key << 32 | index) go to the tiles listing it, at the
+// positions the tiles' atomic cursors hand out.
 __global__ void __launch_bounds__(256)
-gather_kernel(int N, const int* __restrict__ order, const int* __restrict__ tiles,
-              int* __restrict__ out) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j < N) out[j] = tiles[order[j]];
-}
-
-// One warp emits the list entries of 32 consecutive Gaussians (in depth order), one Gaussian at a
-// time with the lanes spread over its tiles, so that the writes are contiguous.
-__global__ void __launch_bounds__(256)
-emit_kernel(int N, int grid_x, int cull, const int* __restrict__ order, const int* __restrict__ offsets,
-            const uint16_t* __restrict__ rect, const float2* __restrict__ xy,
+emit_kernel(int N, int grid_x, int cull, const ushort4* __restrict__ rect,
+            const uint32_t* __restrict__ depth_key, const float2* __restrict__ xy,
             const float4* __restrict__ conic_o, const float4* __restrict__ rgb,
-            uint32_t* __restrict__ keys, int* __restrict__ vals) {
-  const int lane = threadIdx.x & 31;
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  int g = -1, start = 0, x0 = 0, y0 = 0, x1 = 0, y1 = 0;
-  CullGeo cg = make_cull_geo(0.f, 0.f, 1.f, 0.f, 1.f, 0.f);
-  if (j < N) {
-    start = j == 0 ? 0 : offsets[j - 1];
-    if (offsets[j] > start) {
-      g = order[j];
-      const ushort4 r = reinterpret_cast<const ushort4*>(rect)[g];
-      x0 = r.x; y0 = r.y; x1 = r.z; y1 = r.w;
-      const float2 p = xy[g];
-      const float4 co = conic_o[g];
-      cg = make_cull_geo(p.x, p.y, co.x, co.y, co.z, rgb[g].w);
+            int* __restrict__ cursors, unsigned long long* __restrict__ keys) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  Listing L{};
+  bool listed = false;
+  unsigned long long key = 0;
+  if (i < N) {
+    const ushort4 r = rect[i];
+    L.x0 = r.x; L.y0 = r.y; L.x1 = r.z; L.y1 = r.w;
+    listed = L.area() > 0;
+    if (listed) {
+      key = ((unsigned long long)depth_key[i] << 32) | (unsigned)i;
+      if (tests_tiles(cull, L.area())) {
+        const float2 p = xy[i];
+        const float4 co = conic_o[i];
+        L.geo = make_cull_geo(p.x, p.y, co.x, co.y, co.z, rgb[i].w);
+      }
     }
   }
-  unsigned todo = __ballot_sync(kFull, g >= 0);
-  while (todo) {
-    const int b = __ffs(todo) - 1;
-    todo &= todo - 1;
-    const int gb = __shfl_sync(kFull, g, b);
-    int pos = __shfl_sync(kFull, start, b);
-    const int bx0 = __shfl_sync(kFull, x0, b), by0 = __shfl_sync(kFull, y0, b);
-    const int bx1 = __shfl_sync(kFull, x1, b), by1 = __shfl_sync(kFull, y1, b);
-    const int w = bx1 - bx0;
-    const int n = w * (by1 - by0);
-    const bool test = cull && n > 1 && n <= kMaxTestedTiles;
-    CullGeo bg;
-    if (test) {
-      bg.px = __shfl_sync(kFull, cg.px, b);
-      bg.py = __shfl_sync(kFull, cg.py, b);
-      bg.A = __shfl_sync(kFull, cg.A, b);
-      bg.B = __shfl_sync(kFull, cg.B, b);
-      bg.C = __shfl_sync(kFull, cg.C, b);
-      bg.k = __shfl_sync(kFull, cg.k, b);
-      bg.b_over_c = __shfl_sync(kFull, cg.b_over_c, b);
-      bg.b_over_a = __shfl_sync(kFull, cg.b_over_a, b);
-      bg.ok = __shfl_sync(kFull, (int)cg.ok, b) != 0;
+  warp_list_tiles<kLaneTiles>(listed, L, cull, grid_x, key, [&](int tile, unsigned long long k) {
+    keys[atomicAdd(&cursors[(size_t)tile * kCursorStride], 1)] = k;
+  });
+}
+
+// Block (x, y) sorts chunk y of the x-th non-empty tile's list. A list of one chunk goes straight
+// to point_list; longer lists are written back as sorted runs for merge_runs_kernel.
+__global__ void __launch_bounds__(kSortThreads)
+sort_chunks_kernel(const int* __restrict__ tiles, const int2* __restrict__ ranges,
+                   unsigned long long* __restrict__ keys, int* __restrict__ point_list) {
+  __shared__ ChunkSortStorage s;
+  __shared__ unsigned key_min, key_max;
+  const int2 r = ranges[tiles[blockIdx.x]];
+  const int n = r.y - r.x;
+  for (int c = blockIdx.y; (long long)c * kSortChunk < n; c += gridDim.y) {
+    const int off = r.x + c * kSortChunk;
+    const int len = min(kSortChunk, n - c * kSortChunk);
+    if (len <= kSortThreads) {
+      sort_chunk<1>(keys + off, len, s, &key_min, &key_max);
+    } else {
+      sort_chunk<4>(keys + off, len, s, &key_min, &key_max);
     }
-    for (int t0 = 0; t0 < n; t0 += 32) {
-      const int t = t0 + lane;
-      bool ok = false;
-      int tile = 0;
-      if (t < n) {
-        const int ty = by0 + t / w, tx = bx0 + t % w;
-        tile = ty * grid_x + tx;
-        ok = !test || tile_hit(tx, ty, bg);
-      }
-      const unsigned m = __ballot_sync(kFull, ok);
-      if (ok) {
-        const int p = pos + __popc(m & ((1u << lane) - 1u));
-        keys[p] = (uint32_t)tile;
-        vals[p] = gb;
-      }
-      pos += __popc(m);
+    if (n <= kSortChunk) {
+      for (int q = threadIdx.x; q < len; q += kSortThreads) point_list[off + q] = (int)s.out.idx[q];
+    } else {
+      const unsigned kmin = key_min;
+      for (int q = threadIdx.x; q < len; q += kSortThreads)
+        keys[off + q] = ((unsigned long long)(s.out.key[q] + kmin) << 32) | s.out.idx[q];
     }
+    __syncthreads();  // s is reused by the next chunk
   }
 }
 
+// One merge pass over the long tiles (long_tiles[blockIdx.x]): runs of `run` sorted entries are
+// merged in pairs, each entry going to its index in its run plus its rank in the sibling run
+// (keys are unique). src/dst are indexed by list position when *_in_keys, else from the tile's
+// merge-buffer offset; the last pass writes the Gaussian indices to point_list instead of dst.
 __global__ void __launch_bounds__(256)
-ranges_kernel(int R, const uint32_t* __restrict__ keys, int2* __restrict__ ranges) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= R) return;
-  const uint32_t tile = keys[i];
-  if (i == 0 || keys[i - 1] != tile) ranges[tile].x = i;
-  if (i == R - 1 || keys[i + 1] != tile) ranges[tile].y = i + 1;
+merge_runs_kernel(const int* __restrict__ long_tiles, const int* __restrict__ long_offset,
+                  const int2* __restrict__ ranges, int run,
+                  const unsigned long long* __restrict__ src, bool src_in_keys,
+                  unsigned long long* __restrict__ dst, bool dst_in_keys,
+                  int* __restrict__ point_list) {
+  const int2 r = ranges[long_tiles[blockIdx.x]];
+  const int n = r.y - r.x;
+  const unsigned long long* a = src + (src_in_keys ? r.x : long_offset[blockIdx.x]);
+  for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < n; i += gridDim.y * blockDim.x) {
+    const unsigned long long key = a[i];
+    const int q = i / run;
+    const long long sib = (long long)(q ^ 1) * run;
+    int rank = 0;
+    if (sib < n) rank = lower_bound(a + sib, (int)min((long long)run, n - sib), key);
+    const int out = (q & ~1) * run + (i - q * run) + rank;
+    if (point_list != nullptr) {
+      point_list[r.x + out] = (int)(unsigned)key;
+    } else {
+      dst[(dst_in_keys ? r.x : long_offset[blockIdx.x]) + out] = key;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -553,70 +843,62 @@ render_bwd_kernel(int W, int H, int cull, int grid_x, int grid_y, const int2* __
 
 // ---------------------------------------------------------------------------------------------
 // Launchers.
-size_t gaussian_stage_temp_bytes(int N) {
-  size_t a = 0, b = 0;
-  cub::DeviceRadixSort::SortPairs(nullptr, a, (const uint32_t*)nullptr, (uint32_t*)nullptr,
-                                  (const int*)nullptr, (int*)nullptr, N, 0, 32);
-  cub::DeviceScan::InclusiveSum(nullptr, b, (const int*)nullptr, (int*)nullptr, N);
-  return a > b ? a : b;
-}
-
 cudaError_t launch_preprocess(int N, const Cam& cam, const GaussIn& in, const Geom& geom,
-                              const Scratch& s, int* radii, unsigned long long* entries,
+                              const Scratch& s, int* radii, const TileLists& lists,
                               cudaStream_t stream) {
-  PreOut po{geom.xy, geom.conic_o, geom.rgb, s.depth_key, s.order_in, s.rect, radii, s.tiles};
+  PreOut po{geom.xy, geom.conic_o, geom.rgb, s.depth_key, s.rect, radii};
   dispatch_sh(in.shs ? cam.deg : 0, use_vec(cam, in), [&](auto d, auto v) {
     preprocess_fwd_kernel<decltype(d)::value, decltype(v)::value>
-        <<<cdiv(N, 256), 256, 0, stream>>>(N, cam, in, po, entries);
+        <<<cdiv(N, 256), 256, 0, stream>>>(N, cam, in, po, lists);
   });
   return cudaGetLastError();
 }
 
-cudaError_t launch_depth_order(int N, const Scratch& s, void* temp, size_t temp_bytes,
-                               cudaStream_t stream) {
-  size_t bytes = temp_bytes;
-  STGA_TRY(cub::DeviceRadixSort::SortPairs(temp, bytes, s.depth_key, s.depth_sorted, s.order_in,
-                                           s.order, N, 0, 32, stream));
-  gather_kernel<<<cdiv(N, 256), 256, 0, stream>>>(N, s.order, s.tiles, s.tiles_sorted);
+cudaError_t launch_emit(int N, const Cam& cam, const Geom& geom, const Scratch& s,
+                        const TileLists& lists, unsigned long long* keys, cudaStream_t stream) {
+  if (N <= 0) return cudaSuccess;
+  emit_kernel<<<cdiv(N, 256), 256, 0, stream>>>(
+      N, cam.grid_x, cam.cull, reinterpret_cast<const ushort4*>(s.rect), s.depth_key,
+      (const float2*)geom.xy, (const float4*)geom.conic_o, (const float4*)geom.rgb, lists.cursors,
+      keys);
+  return cudaGetLastError();
+}
+
+// Merge passes for lists of up to `longest` entries (runs of kSortChunk, doubling).
+static int merge_passes(int longest) {
+  int p = 0;
+  while (((long long)kSortChunk << p) < (long long)longest) ++p;
+  return p;
+}
+
+size_t merge_buffer_entries(const ListStats& stats) {
+  return merge_passes(stats.longest) >= 2 ? (size_t)stats.long_entries : 0;
+}
+
+cudaError_t launch_sort_lists(const TileLists& lists, const ListStats& stats,
+                              unsigned long long* keys, unsigned long long* merge_buffer,
+                              int* point_list, cudaStream_t stream) {
+  if (stats.entries == 0 || stats.nonempty <= 0) return cudaSuccess;
+  const int chunks = cdiv(stats.longest, kSortChunk);
+  sort_chunks_kernel<<<dim3(stats.nonempty, chunks < 65535 ? chunks : 65535), kSortThreads, 0,
+                       stream>>>(lists.nonempty, lists.ranges, keys, point_list);
   STGA_TRY(cudaGetLastError());
-  bytes = temp_bytes;
-  STGA_TRY(cub::DeviceScan::InclusiveSum(temp, bytes, s.tiles_sorted, s.offsets, N, stream));
+  const int passes = merge_passes(stats.longest);
+  const int ys = cdiv(stats.longest, 256);
+  const dim3 grid(stats.num_long, ys < 65535 ? ys : 65535);
+  const unsigned long long* src = keys;
+  bool src_in_keys = true;
+  for (int p = 0; p < passes; ++p) {
+    const bool last = p == passes - 1;
+    unsigned long long* dst = last ? nullptr : (src_in_keys ? merge_buffer : keys);
+    merge_runs_kernel<<<grid, 256, 0, stream>>>(lists.long_tiles, lists.long_offset,
+                                                lists.ranges, kSortChunk << p, src, src_in_keys,
+                                                dst, !src_in_keys, last ? point_list : nullptr);
+    STGA_TRY(cudaGetLastError());
+    src = dst;
+    src_in_keys = !src_in_keys;
+  }
   return cudaSuccess;
-}
-
-static int tile_bits(int num_tiles) {
-  int bits = 1;
-  while ((1ll << bits) < (long long)num_tiles) ++bits;
-  return bits;
-}
-
-size_t tile_sort_temp_bytes(int R, int num_tiles) {
-  size_t a = 0;
-  cub::DeviceRadixSort::SortPairs(nullptr, a, (const uint32_t*)nullptr, (uint32_t*)nullptr,
-                                  (const int*)nullptr, (int*)nullptr, R, 0, tile_bits(num_tiles));
-  return a;
-}
-
-cudaError_t launch_emit(int N, int R, const Cam& cam, const Geom& geom, const Scratch& s,
-                        uint32_t* keys, int* vals, cudaStream_t stream) {
-  if (R <= 0) return cudaSuccess;
-  emit_kernel<<<cdiv(N, 256), 256, 0, stream>>>(N, cam.grid_x, cam.cull, s.order, s.offsets, s.rect,
-                                                (const float2*)geom.xy,
-                                                (const float4*)geom.conic_o,
-                                                (const float4*)geom.rgb, keys, vals);
-  return cudaGetLastError();
-}
-
-cudaError_t launch_tile_sort(int R, const Cam& cam, const uint32_t* keys, uint32_t* keys_sorted,
-                             const int* vals, int* point_list, int* ranges, void* temp,
-                             size_t temp_bytes, cudaStream_t stream) {
-  if (R <= 0) return cudaSuccess;
-  const int num_tiles = cam.grid_x * cam.grid_y;
-  size_t bytes = temp_bytes;
-  STGA_TRY(cub::DeviceRadixSort::SortPairs(temp, bytes, keys, keys_sorted, vals, point_list, R, 0,
-                                           tile_bits(num_tiles), stream));
-  ranges_kernel<<<cdiv(R, 256), 256, 0, stream>>>(R, keys_sorted, (int2*)ranges);
-  return cudaGetLastError();
 }
 
 cudaError_t launch_render_forward(const Cam& cam, const int* ranges, const int* point_list,

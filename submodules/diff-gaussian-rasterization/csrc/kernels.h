@@ -28,56 +28,95 @@ inline Geom geom_at(float* base, int N) {
 
 // Forward-only per-Gaussian scratch (int32 words), carved out of one allocation.
 struct Scratch {
-  uint32_t* depth_key;     // (N)
-  uint32_t* depth_sorted;  // (N)
-  int* order_in;           // (N)
-  int* order;              // (N) Gaussians by depth
-  int* tiles;              // (N) tiles listing each Gaussian
-  int* tiles_sorted;       // (N) the same in depth order
-  int* offsets;            // (N) inclusive scan of tiles_sorted
-  uint16_t* rect;          // (N,4)
+  uint16_t* rect;       // (N,4) cut tile rectangle; empty when the Gaussian is listed nowhere
+  uint32_t* depth_key;  // (N) float bits of the view depth
 };
-constexpr int kScratchWords = 9;
+constexpr int kScratchWords = 3;
 inline Scratch scratch_at(int32_t* base, int N) {
   Scratch s;
-  const size_t n = (size_t)N;
   s.rect = (uint16_t*)base;  // first: 8-byte aligned for ushort4 loads
-  s.depth_key = (uint32_t*)(base + 2 * n);
-  s.depth_sorted = (uint32_t*)(base + 3 * n);
-  s.order_in = base + 4 * n;
-  s.order = base + 5 * n;
-  s.tiles = base + 6 * n;
-  s.tiles_sorted = base + 7 * n;
-  s.offsets = base + 8 * n;
+  s.depth_key = (uint32_t*)(base + 2 * (size_t)N);
   return s;
 }
 
-// Bytes of cub temporary storage for the depth order (depth sort and scan).
-size_t gaussian_stage_temp_bytes(int N);
-// Per-Gaussian preprocessing; adds the number of list entries to *entries (zeroed by the caller).
-cudaError_t launch_preprocess(int N, const Cam& cam, const GaussIn& in, const Geom& geom,
-                              const Scratch& s, int* radii, unsigned long long* entries,
-                              cudaStream_t stream);
-// Stable depth sort, tile counts in depth order and their inclusive scan (s.offsets).
-cudaError_t launch_depth_order(int N, const Scratch& s, void* temp, size_t temp_bytes,
-                               cudaStream_t stream);
+// What the host reads after the preprocessing (its one sync): the number of list entries and
+// the shape of the per-tile depth sort.
+struct ListStats {
+  unsigned long long entries;  // R, the number of (tile, Gaussian) entries
+  int nonempty;                // tiles with at least one entry
+  int num_long;                // tiles with more than kSortChunk entries
+  int long_entries;            // entries of those tiles
+  int longest;                 // entries of the longest list
+  int pad[2];
+};
+static_assert(sizeof(ListStats) == 32, "ListStats is read as 8 int32 words");
 
-// Bytes of cub temporary storage for sorting R list entries by tile.
-size_t tile_sort_temp_bytes(int R, int num_tiles);
-// Emits the R (tile, Gaussian) entries in depth order.
-cudaError_t launch_emit(int N, int R, const Cam& cam, const Geom& geom, const Scratch& s,
-                        uint32_t* keys, int* vals, cudaStream_t stream);
-// Sorts the entries by tile id (stably) into point_list and fills ranges (zeroed by the caller).
-cudaError_t launch_tile_sort(int R, const Cam& cam, const uint32_t* keys, uint32_t* keys_sorted,
-                             const int* vals, int* point_list, int* ranges, void* temp,
-                             size_t temp_bytes, cudaStream_t stream);
+// Tile lists are sorted by depth in shared memory in chunks of up to kSortChunk entries, one block
+// per chunk; longer lists then merge their sorted runs in passes over the whole GPU.
+constexpr int kSortChunk = 1024;
+
+// Each tile's entry counter (and later its emission cursor) sits alone in a 32-byte sector, so
+// that the atomics of neighbouring, equally busy tiles do not queue on one memory line.
+constexpr int kCursorStride = 8;
+
+// The per-tile list bookkeeping, in one int32 allocation of tile_lists_ints(T) words for T tiles,
+// of which the first tile_lists_zeroed_ints(T) are zeroed by the caller before the preprocessing:
+//   [0, 2T)          ranges: each tile's [start, end) in point_list (int2)
+//   [2T, 2T+8)       ListStats
+//   [2T+8, 2T+10)    the backward's work-list counters (see BwdSplit)
+//   [2T+10]          blocks of the preprocessing done (its last block lays out the lists)
+//   [C, C+8T)        the tiles' counters / cursors (kCursorStride apart), C = cursor_base(T)
+//   [C+8T, C+11T)    the non-empty tiles, the long tiles, and each long tile's offset in the
+//                    merge buffer (T words each)
+struct TileLists {
+  int2* ranges;
+  ListStats* stats;
+  int* work_counters;
+  unsigned* blocks_done;
+  int* cursors;
+  int* nonempty;
+  int* long_tiles;
+  int* long_offset;
+};
+inline size_t cursor_base(int T) { return (2 * (size_t)T + 11 + 31) / 32 * 32; }
+inline size_t tile_lists_zeroed_ints(int T) { return cursor_base(T) + kCursorStride * (size_t)T; }
+inline size_t tile_lists_ints(int T) { return tile_lists_zeroed_ints(T) + 3 * (size_t)T; }
+inline TileLists tile_lists_at(int* base, int T) {
+  const size_t t = (size_t)T, c = cursor_base(T);
+  TileLists l;
+  l.ranges = reinterpret_cast<int2*>(base);
+  l.stats = reinterpret_cast<ListStats*>(base + 2 * t);
+  l.work_counters = base + 2 * t + 8;
+  l.blocks_done = reinterpret_cast<unsigned*>(base + 2 * t + 10);
+  l.cursors = base + c;
+  l.nonempty = base + c + kCursorStride * t;
+  l.long_tiles = l.nonempty + t;
+  l.long_offset = l.long_tiles + t;
+  return l;
+}
+
+// Per-Gaussian preprocessing. Also counts each tile's entries and, in its last block, lays out
+// the lists (ranges, cursors, the non-empty and the long tiles, ListStats).
+cudaError_t launch_preprocess(int N, const Cam& cam, const GaussIn& in, const Geom& geom,
+                              const Scratch& s, int* radii, const TileLists& lists,
+                              cudaStream_t stream);
+// Writes each tile's entries (depth key << 32 | Gaussian index), in no particular order, into
+// keys at the tile's range (through the tiles' cursors).
+cudaError_t launch_emit(int N, const Cam& cam, const Geom& geom, const Scratch& s,
+                        const TileLists& lists, unsigned long long* keys, cudaStream_t stream);
+// Entries of the buffer that sort_lists needs for merging (0: none).
+size_t merge_buffer_entries(const ListStats& stats);
+// Sorts each tile's entries (by depth, ties by index) into point_list. `keys` is overwritten.
+cudaError_t launch_sort_lists(const TileLists& lists, const ListStats& stats,
+                              unsigned long long* keys, unsigned long long* merge_buffer,
+                              int* point_list, cudaStream_t stream);
 
 // The backward's work split, written by the forward blending (null pointers: no backward, or
 // the split switched off; the backward then takes each patch as one item).
 // ckpt holds, for every tile list position that is a positive multiple of kSeg from the tile's
 // start, each of the tile's pixels' transmittance there and the colour behind it per unit
 // transmittance; work holds (patch, segment) items; counters[0] counts the items, counters[1]
-// the items taken by the backward (both zeroed by the caller).
+// the items taken by the backward (both zeroed by the caller; TileLists::work_counters).
 constexpr int kSeg = 512;
 constexpr int kPatchesPerTile = 8;
 constexpr int kBlockPixels = kTile * kTile;

@@ -420,15 +420,9 @@ STGA_HD bool tile_hit(int tx, int ty, const CullGeo& g) {
   return box_hit(tx * kTile, ty * kTile, kTile, kTile, g);
 }
 
-// Number of tiles of the (already cut) rectangle that list the Gaussian.
-STGA_HD int count_tiles(int x0, int y0, int x1, int y1, const CullGeo& g) {
-  const int n = (x1 - x0) * (y1 - y0);
-  if (n <= 1 || n > kMaxTestedTiles) return n;
-  int c = 0;
-  for (int ty = y0; ty < y1; ++ty)
-    for (int tx = x0; tx < x1; ++tx) c += tile_hit(tx, ty, g) ? 1 : 0;
-  return c;
-}
+// Whether the per-tile ellipse test applies to a rectangle of n tiles (otherwise every tile of the
+// rectangle lists the Gaussian). The preprocessing and the emission must decide identically.
+STGA_HD bool tests_tiles(int cull, int n) { return cull && n > 1 && n <= kMaxTestedTiles; }
 
 // ---------------------------------------------------------------------------------------------
 // Loading and storing a Gaussian's SH coefficients (float4 when VEC: K a multiple of 4, so every
@@ -480,16 +474,20 @@ STGA_HD void store_floats(float* p, const float (&v)[NF], int total) {
 
 // ---------------------------------------------------------------------------------------------
 // Per-Gaussian forward: screen position, conic, opacity, colour, depth, radius, tile rectangle.
-// preprocess_forward_one returns the number of tiles listing the Gaussian.
 struct PreOut {
   float* xy;         // (N,2) pixel position of the mean (px, py)
   float* conic_o;    // (N,4) conic a, b, c and opacity
   float* rgb;        // (N,4) colour, and the culling level k (cull_level) in w
-  uint32_t* depth_key;  // (N) float bits of the view depth; 0xffffffff when listed nowhere
-  int* order;        // (N) 0..N-1 (values for the depth sort)
-  uint16_t* rect;    // (N,4) x0, y0, x1, y1 of the cut tile rectangle
+  uint32_t* depth_key;  // (N) float bits of the view depth (set when the rectangle is not empty)
+  uint16_t* rect;    // (N,4) x0, y0, x1, y1 of the cut tile rectangle (empty: not listed)
   int* radii;        // (N)
-  int* tiles;        // (N) tiles listing the Gaussian (0 when culled)
+};
+
+// The tiles that may list a Gaussian: its cut tile rectangle and the per-tile test's constants.
+struct Listing {
+  int x0, y0, x1, y1;
+  CullGeo geo;
+  STGA_HD int area() const { return (x1 - x0) * (y1 - y0); }
 };
 
 STGA_HD void load_cov3d(const Cam& cam, const GaussIn& in, int i, float cov[6], float R[9],
@@ -543,16 +541,16 @@ STGA_UNROLL
   }
 }
 
+// True, with L filled, when some tile may list the Gaussian (its geometry, colour and depth key
+// are then written); the caller stores the rectangle.
 template <int D, bool VEC>
-STGA_HD int preprocess_forward_one(int i, const Cam& cam, const GaussIn& in, const PreOut& out) {
+STGA_HD bool preprocess_forward_one(int i, const Cam& cam, const GaussIn& in, const PreOut& out,
+                                    Listing& L) {
   out.radii[i] = 0;
-  out.tiles[i] = 0;
-  out.order[i] = i;
-  out.depth_key[i] = 0xffffffffu;
   const float m[3] = {in.means[3 * i], in.means[3 * i + 1], in.means[3 * i + 2]};
   float t[3];
   view_point(cam.view, m, t);
-  if (!(t[2] > kNearZ)) return 0;
+  if (!(t[2] > kNearZ)) return false;
   float c4[4];
   clip_point(cam.proj, m, c4);
   const float iw = 1.f / c4[3];
@@ -565,25 +563,23 @@ STGA_HD int preprocess_forward_one(int i, const Cam& cam, const GaussIn& in, con
   ewa_cov2d(cam, t, cov, ewa);
   const float a = ewa.a, b = ewa.b, c = ewa.c;
   const float det = a * c - b * b;
-  if (!(det > 0.f)) return 0;
+  if (!(det > 0.f)) return false;
   const float idet = 1.f / det;
   const float mid = 0.5f * (a + c);
   const float lam = mid + sqrtf(maxf(0.1f, mid * mid - det));
   const float radius = ceilf(3.f * sqrtf(lam));
   int x0, y0, x1, y1;
   tile_rect(px, py, radius, cam.grid_x, cam.grid_y, x0, y0, x1, y1);
-  if ((x1 - x0) * (y1 - y0) <= 0) return 0;
+  if ((x1 - x0) * (y1 - y0) <= 0) return false;
   out.radii[i] = (int)radius;   // the definition's radius; the lists below may be shorter
 
   const float A = c * idet, B = -b * idet, C = a * idet, o = in.opac[i];
   float k = 0.f;
-  int tiles = (x1 - x0) * (y1 - y0);
   if (cam.cull) {
     k = cull_level(o);
     cull_rect(px, py, A, B, C, k, x0, y0, x1, y1);
-    tiles = count_tiles(x0, y0, x1, y1, make_cull_geo(px, py, A, B, C, k));
   }
-  if (tiles <= 0) return 0;
+  if ((x1 - x0) * (y1 - y0) <= 0) return false;
 
   float rgb[3];
   if (in.colors) {
@@ -617,12 +613,9 @@ STGA_UNROLL
   std::memcpy(&bits, &t[2], 4);
   out.depth_key[i] = bits;
 #endif
-  out.rect[4 * i] = (uint16_t)x0;
-  out.rect[4 * i + 1] = (uint16_t)y0;
-  out.rect[4 * i + 2] = (uint16_t)x1;
-  out.rect[4 * i + 3] = (uint16_t)y1;
-  out.tiles[i] = tiles;
-  return tiles;
+  L.x0 = x0; L.y0 = y0; L.x1 = x1; L.y1 = y1;
+  L.geo = make_cull_geo(px, py, A, B, C, k);
+  return true;
 }
 
 // ---------------------------------------------------------------------------------------------

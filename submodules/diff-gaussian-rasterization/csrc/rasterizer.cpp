@@ -20,6 +20,7 @@ namespace stga {
                 cudaGetErrorString(err__));                                              \
   } while (0)
 
+// Everything but rasterize() (the one binding) is internal.
 namespace {
 
 inline int cdiv(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
@@ -30,12 +31,15 @@ at::Tensor as_f32(const at::Tensor& t, const at::Device& dev) {
   return t.to(dev, at::kFloat).contiguous();
 }
 
+// Whether an optional tensor argument was given (None arrives as nullopt or as undefined).
+bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
 const float* opt_ptr(const std::optional<at::Tensor>& t) {
-  return (t.has_value() && t->defined()) ? t->data_ptr<float>() : nullptr;
+  return present(t) ? t->data_ptr<float>() : nullptr;
 }
 
 std::optional<at::Tensor> opt_f32(const std::optional<at::Tensor>& t, const at::Device& dev) {
-  if (!t.has_value() || !t->defined()) return std::nullopt;
+  if (!present(t)) return std::nullopt;
   return as_f32(*t, dev);
 }
 
@@ -140,9 +144,16 @@ struct Prepared {
   }
 };
 
-inline size_t align256(size_t b) { return (b + 255) / 256 * 256; }
-
-}  // namespace
+// The lists' statistics, read through a pinned buffer after the preprocessing: the forward's one
+// host sync.
+ListStats read_stats(const TileLists& lists, cudaStream_t stream) {
+  static thread_local ListStats* pinned = nullptr;  // one per host thread, never freed
+  if (pinned == nullptr) STGA_CUDA_CHECK(cudaMallocHost((void**)&pinned, sizeof(ListStats)));
+  STGA_CUDA_CHECK(cudaMemcpyAsync(pinned, lists.stats, sizeof(ListStats), cudaMemcpyDeviceToHost,
+                                  stream));
+  STGA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return *pinned;
+}
 
 std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opacities,
                                 const std::optional<at::Tensor>& shs,
@@ -160,58 +171,42 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
   const Cam& cam = p.cam;
   const auto fopt = p.means.options();
   const auto iopt = fopt.dtype(at::kInt);
-  const auto bopt = fopt.dtype(at::kByte);
   const int num_tiles = cam.grid_x * cam.grid_y;
 
   at::Tensor radii = at::empty({N}, iopt);
   at::Tensor geom_t = at::empty({(int64_t)N * kGeomFloats}, fopt);
   const Geom geom = geom_at(geom_t.data_ptr<float>(), N);
-  // ranges (num_tiles int2), then the 64-bit count of list entries and the two counters of the
-  // backward's work list: one memset zeroes them all
-  at::Tensor ranges = at::empty({2 * (int64_t)num_tiles + 4}, iopt);
-  int* const ranges_p = ranges.data_ptr<int>();
-  auto* const entries_p = reinterpret_cast<unsigned long long*>(ranges_p + 2 * (size_t)num_tiles);
-  STGA_CUDA_CHECK(cudaMemsetAsync(ranges_p, 0, ranges.numel() * sizeof(int), p.stream));
-  at::Tensor point_list, entries;
+  // The tile lists' bookkeeping (ranges, counters, tile lists; kernels.h), kept for the backward.
+  at::Tensor lists_t = at::empty({(int64_t)tile_lists_ints(num_tiles)}, iopt);
+  const TileLists lists = tile_lists_at(lists_t.data_ptr<int>(), num_tiles);
+  STGA_CUDA_CHECK(cudaMemsetAsync(lists_t.data_ptr<int>(), 0,
+                                  tile_lists_zeroed_ints(num_tiles) * sizeof(int), p.stream));
+  at::Tensor point_list;
   int R = 0;
   if (N > 0) {
-    const size_t kbytes = [&] {
-      const size_t sbytes = align256((size_t)N * kScratchWords * 4);
-      const size_t tbytes = gaussian_stage_temp_bytes(N);
-      at::Tensor scratch = at::empty({(int64_t)(sbytes + tbytes)}, bopt);
-      char* sp = (char*)scratch.data_ptr();
-      const Scratch s = scratch_at((int32_t*)sp, N);
-      STGA_CUDA_CHECK(launch_preprocess(N, cam, p.in, geom, s, radii.data_ptr<int>(), entries_p,
-                                        p.stream));
-      // The one host sync: the entry count sizes the lists. The depth sort comes after it, so
-      // that its launches overlap with GPU work instead of delaying the sync.
-      unsigned long long total = 0;
-      STGA_CUDA_CHECK(cudaMemcpyAsync(&total, entries_p, sizeof(total), cudaMemcpyDeviceToHost,
+    at::Tensor scratch = at::empty({(int64_t)N * kScratchWords}, iopt);
+    const Scratch s = scratch_at(scratch.data_ptr<int>(), N);
+    STGA_CUDA_CHECK(launch_preprocess(N, cam, p.in, geom, s, radii.data_ptr<int>(), lists,
                                       p.stream));
-      STGA_CUDA_CHECK(cudaStreamSynchronize(p.stream));
-      TORCH_CHECK(total <= (unsigned long long)std::numeric_limits<int>::max(),
-                  "STGA rasterizer: the Gaussians cover more than 2^31 (tile, Gaussian) pairs; "
-                  "render fewer or smaller Gaussians, or a smaller image");
-      R = (int)total;
-      if (R > 0) STGA_CUDA_CHECK(launch_depth_order(N, s, sp + sbytes, tbytes, p.stream));
-      // entries: keys and values now; the scratch is released before the sort's buffers exist
-      const size_t kb = align256((size_t)R * 4);
-      entries = at::empty({(int64_t)(2 * kb)}, bopt);
-      char* ep = (char*)entries.data_ptr();
-      STGA_CUDA_CHECK(launch_emit(N, R, cam, geom, s, (uint32_t*)ep, (int*)(ep + kb), p.stream));
-      return kb;
-    }();
+    // The one host sync: the entry count sizes the lists.
+    const ListStats st = read_stats(lists, p.stream);
+    TORCH_CHECK(st.entries <= (unsigned long long)std::numeric_limits<int>::max(),
+                "STGA rasterizer: the Gaussians cover more than 2^31 (tile, Gaussian) pairs; "
+                "render fewer or smaller Gaussians, or a smaller image");
+    R = (int)st.entries;
     point_list = at::empty({R}, iopt);
     if (R > 0) {
-      const size_t wbytes = tile_sort_temp_bytes(R, num_tiles);
-      at::Tensor work = at::empty({(int64_t)(kbytes + wbytes)}, bopt);
-      char* wp = (char*)work.data_ptr();
-      char* ep = (char*)entries.data_ptr();
-      STGA_CUDA_CHECK(launch_tile_sort(R, cam, (const uint32_t*)ep, (uint32_t*)wp,
-                                       (const int*)(ep + kbytes), point_list.data_ptr<int>(),
-                                       ranges_p, wp + kbytes, wbytes, p.stream));
+      at::Tensor keys = at::empty({R}, fopt.dtype(at::kLong));
+      auto* const kp = reinterpret_cast<unsigned long long*>(keys.data_ptr<int64_t>());
+      STGA_CUDA_CHECK(launch_emit(N, cam, geom, s, lists, kp, p.stream));
+      scratch.reset();
+      const size_t mb = merge_buffer_entries(st);
+      at::Tensor merge = mb ? at::empty({(int64_t)mb}, fopt.dtype(at::kLong)) : at::Tensor();
+      STGA_CUDA_CHECK(launch_sort_lists(
+          lists, st, kp,
+          mb ? reinterpret_cast<unsigned long long*>(merge.data_ptr<int64_t>()) : nullptr,
+          point_list.data_ptr<int>(), p.stream));
     }
-    entries = at::Tensor();
   } else {
     point_list = at::empty({0}, iopt);
   }
@@ -220,7 +215,7 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
   at::Tensor final_T = at::empty({H, W}, fopt);
   at::Tensor last = at::empty({H, W}, iopt);
   at::Tensor ckpt, work;
-  BwdSplit split{nullptr, nullptr, ranges_p + 2 * (size_t)num_tiles + 2};
+  BwdSplit split{nullptr, nullptr, lists.work_counters};
   // The backward's split along the lists (off only for measurements; results agree to float
   // rounding either way).
   const char* no_split = std::getenv("STGA_RASTER_NO_SPLIT");
@@ -230,22 +225,20 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
     split.ckpt = reinterpret_cast<float4*>(ckpt.data_ptr<float>());
     split.work = reinterpret_cast<int2*>(work.data_ptr<int>());
   }
-  STGA_CUDA_CHECK(launch_render_forward(cam, ranges_p, point_list.data_ptr<int>(), geom,
-                                        color.data_ptr<float>(), final_T.data_ptr<float>(),
+  STGA_CUDA_CHECK(launch_render_forward(cam, (const int*)lists.ranges, point_list.data_ptr<int>(),
+                                        geom, color.data_ptr<float>(), final_T.data_ptr<float>(),
                                         last.data_ptr<int>(), split, p.stream));
-  return {color, radii, geom_t, point_list, ranges, final_T, last, ckpt, work};
+  return {color, radii, geom_t, point_list, lists_t, final_T, last, ckpt, work};
 }
 
 // Backward, part 1: the blending pass, accumulating per-Gaussian screen-space gradients. Split
 // from part 2 so that the caller can free the forward's buffers before the gradients are
 // allocated (lower peak memory).
 at::Tensor backward_render(const at::Tensor& grad_color, const at::Tensor& means3D,
-                           const at::Tensor& viewmatrix, const at::Tensor& projmatrix,
-                           const at::Tensor& campos, const at::Tensor& bg, int64_t W, int64_t H,
-                           double tanfovx, double tanfovy, double scale_modifier,
-                           int64_t sh_degree, at::Tensor geom_t, const at::Tensor& point_list,
-                           const at::Tensor& ranges, const at::Tensor& final_T,
-                           const at::Tensor& last, const std::optional<at::Tensor>& ckpt,
+                           const at::Tensor& bg, int64_t W, int64_t H, const at::Tensor& geom_t,
+                           const at::Tensor& point_list, const at::Tensor& lists,
+                           const at::Tensor& final_T, const at::Tensor& last,
+                           const std::optional<at::Tensor>& ckpt,
                            const std::optional<at::Tensor>& work) {
   const c10::cuda::CUDAGuard guard(means3D.device());
   check_means(means3D);
@@ -260,14 +253,14 @@ at::Tensor backward_render(const at::Tensor& grad_color, const at::Tensor& means
   TORCH_CHECK(dcolor.numel() == 3 * H * W, "grad of color must be (3,H,W)");
   const int R = (int)point_list.numel();
   const int num_tiles = cam.grid_x * cam.grid_y;
-  TORCH_CHECK(ranges.numel() == 2 * (int64_t)num_tiles + 4, "ranges size mismatch");
-  BwdSplit split{nullptr, nullptr, ranges.data_ptr<int>() + 2 * (size_t)num_tiles + 2};
-  if (ckpt.has_value() && ckpt->defined() && work.has_value() && work->defined()) {
+  TORCH_CHECK(lists.numel() == (int64_t)tile_lists_ints(num_tiles), "tile lists size mismatch");
+  BwdSplit split{nullptr, nullptr, tile_lists_at(lists.data_ptr<int>(), num_tiles).work_counters};
+  if (present(ckpt) && present(work)) {
     split.ckpt = reinterpret_cast<float4*>(ckpt->data_ptr<float>());
     split.work = reinterpret_cast<int2*>(work->data_ptr<int>());
   }
   at::Tensor acc = at::empty({(int64_t)N * kGradSlots}, means3D.options().dtype(at::kFloat));
-  STGA_CUDA_CHECK(launch_backward_render(N, cam, ranges.data_ptr<int>(), point_list.data_ptr<int>(),
+  STGA_CUDA_CHECK(launch_backward_render(N, cam, lists.data_ptr<int>(), point_list.data_ptr<int>(),
                                          R, geom_at(geom_t.data_ptr<float>(), N),
                                          final_T.data_ptr<float>(), last.data_ptr<int>(),
                                          dcolor.data_ptr<float>(), split, acc.data_ptr<float>(),
@@ -321,14 +314,12 @@ std::vector<at::Tensor> backward_preprocess(const at::Tensor& acc, const at::Ten
 
 // The autograd function, in C++ so that neither the forward nor the backward goes through Python:
 // autograd's engine calls backward() directly, without the interpreter on the critical path.
-namespace {
-
 at::Tensor cast_to(const at::Tensor& g, at::ScalarType t) {
   return (!g.defined() || g.scalar_type() == t) ? g : g.to(t);
 }
 
 at::Tensor opt_or_undef(const std::optional<at::Tensor>& t) {
-  return (t.has_value() && t->defined()) ? *t : at::Tensor();
+  return present(t) ? *t : at::Tensor();
 }
 
 std::optional<at::Tensor> undef_to_opt(const at::Tensor& t) {
@@ -336,7 +327,7 @@ std::optional<at::Tensor> undef_to_opt(const at::Tensor& t) {
 }
 
 // Buffers of the forward that the backward consumes, in backward_render's argument order.
-const char* const kStateKeys[] = {"geom", "point_list", "ranges", "final_T", "last", "ckpt",
+const char* const kStateKeys[] = {"geom", "point_list", "lists", "final_T", "last", "ckpt",
                                   "work"};
 
 class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
@@ -399,9 +390,8 @@ class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
         st.push_back(d[k].toTensor());
         d.erase(k);
       }
-      acc = backward_render(grad_color, means3D, view, proj, campos, bg, W, H, tx, ty, sm, deg,
-                            st[0], st[1], st[2], st[3], st[4], undef_to_opt(st[5]),
-                            undef_to_opt(st[6]));
+      acc = backward_render(grad_color, means3D, bg, W, H, st[0], st[1], st[2], st[3], st[4],
+                            undef_to_opt(st[5]), undef_to_opt(st[6]));
     }  // the forward's buffers are released here, before the gradients exist
     std::vector<at::Tensor> g = backward_preprocess(
         acc, means3D, opacities, undef_to_opt(v[2]), undef_to_opt(v[3]), undef_to_opt(v[4]),
@@ -431,11 +421,11 @@ std::vector<at::Tensor> rasterize(const at::Tensor& means3D, const at::Tensor& m
                                   const at::Tensor& campos, const at::Tensor& bg, int64_t W,
                                   int64_t H, double tanfovx, double tanfovy,
                                   double scale_modifier, int64_t sh_degree) {
-  const bool has_cov = cov3D.has_value() && cov3D->defined();
+  const bool has_cov = present(cov3D);
   const std::optional<at::Tensor> sc = has_cov ? std::nullopt : scales;
   const std::optional<at::Tensor> ro = has_cov ? std::nullopt : rots;
   auto grad = [](const std::optional<at::Tensor>& t) {
-    return t.has_value() && t->defined() && t->requires_grad();
+    return present(t) && t->requires_grad();
   };
   // The forward keeps the backward's work split only when a backward can follow.
   const bool need_backward =
