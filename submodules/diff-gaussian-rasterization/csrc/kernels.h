@@ -117,7 +117,7 @@ cudaError_t launch_sort_lists(const TileLists& lists, const ListStats& stats,
 // start, each of the tile's pixels' transmittance there and the colour behind it per unit
 // transmittance; work holds (patch, segment) items; counters[0] counts the items, counters[1]
 // the items taken by the backward (both zeroed by the caller; TileLists::work_counters).
-constexpr int kSeg = 512;
+constexpr int kSeg = 384;
 constexpr int kPatchesPerTile = 8;
 constexpr int kBlockPixels = kTile * kTile;
 struct BwdSplit {
