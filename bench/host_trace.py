@@ -60,25 +60,6 @@ def print_trace(run, reset, label: str) -> None:
         print(f"{e.time_range.start - t0:8.1f} {e.time_range.elapsed_us():7.1f} {e.name[:90]}")
 
 
-def gsplat_packed_fn(scene, viewmats, Ks, width: int, height: int, packed: bool):
-    """gsplat's forward+backward in the given mode (run, reset)."""
-    from gsplat import rasterization
-
-    leaves = {k: v.detach().requires_grad_(True) for k, v in scene.items()}
-
-    def run():
-        img, _, _ = rasterization(leaves["means"], leaves["quats"], leaves["scales"],
-                                  leaves["opacities"][:, 0], leaves["shs"], viewmats, Ks, width,
-                                  height, sh_degree=rb.SH_DEGREE, packed=packed)
-        img = img[0].permute(2, 0, 1)
-        (img * img).mean().backward()
-
-    def reset():
-        for t in leaves.values():
-            t.grad = None
-    return run, reset
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
@@ -90,8 +71,9 @@ def main(argv=None) -> None:
     settings, viewmats, Ks = rb.camera(w, h)
     fns = {"ours": rb.ours_fn(scene, settings, True)}
     try:
-        fns["gsplat packed=False"] = gsplat_packed_fn(scene, viewmats, Ks, w, h, False)
-        fns["gsplat packed=True"] = gsplat_packed_fn(scene, viewmats, Ks, w, h, True)
+        for packed in (False, True):
+            fns[f"gsplat packed={packed}"] = rb.gsplat_fn(scene, viewmats, Ks, w, h, True,
+                                                          packed=packed)
     except ImportError as exc:
         print(f"gsplat unavailable: {exc}")
     if not args.no_trace:

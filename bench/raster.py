@@ -98,7 +98,8 @@ def ours_fn(scene, settings, backward: bool):
     return run, reset
 
 
-def gsplat_fn(scene, viewmats, Ks, width, height, backward: bool):
+def gsplat_fn(scene, viewmats, Ks, width, height, backward: bool, packed: bool = False):
+    """gsplat's call (run, reset); packed=False, its faster mode, unless asked otherwise."""
     from gsplat import rasterization
 
     leaves = {k: v.detach().requires_grad_(backward) for k, v in scene.items()}
@@ -106,7 +107,7 @@ def gsplat_fn(scene, viewmats, Ks, width, height, backward: bool):
     def run():
         img, _, _ = rasterization(leaves["means"], leaves["quats"], leaves["scales"],
                                   leaves["opacities"][:, 0], leaves["shs"], viewmats, Ks, width,
-                                  height, sh_degree=SH_DEGREE, packed=False)
+                                  height, sh_degree=SH_DEGREE, packed=packed)
         img = img[0].permute(2, 0, 1)
         if backward:
             (img * img).mean().backward()
