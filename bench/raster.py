@@ -9,8 +9,10 @@ For each (N, image) case: forward, and forward + backward of mean(image^2); the 
 ``--iters`` (>= 30) calls after ``--warmup`` calls, each timed with CUDA events from an idle GPU
 (so CPU launch overhead counts), and the peak memory above the inputs
 (``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated before). gsplat
-(``gsplat.rasterization``, same camera, ``sh_degree=3``, ``packed=False``) is timed in the same
-run on the same scene; its absence is reported, not fatal.
+(``gsplat.rasterization``, same camera, ``sh_degree=3``) is timed in the same run on the same
+scene in both of its modes: ``packed=False``, the faster one here, and ``packed=True``, its
+default (the configuration of the reference timings that the rasterizer's targets come from).
+Its absence is reported, not fatal.
 
     python bench/raster.py [--cases 100000x802x550,300000x1604x1100] [--json out.json]
 """
@@ -175,8 +177,11 @@ def profile(cases: str, iters: int = 20, trace_dir: str | None = None):
 
 
 def ab(cases: str, var: str, warmup: int = 10, iters: int = 60):
-    """Our forward+backward with and without the environment switch `var`=1, calls alternated
-    (A B A B ...) so that both see the same machine state; median ms of each and their ratio."""
+    """Our forward+backward with and without the environment setting `var` ("NAME=VALUE", or
+    "NAME" for NAME=1), calls alternated (A B A B ...) so that both see the same machine state;
+    median ms of each and their ratio."""
+    var, _, value = var.partition("=")
+    value = value or "1"
     for case in cases.split(","):
         n, w, h = (int(v) for v in case.lower().split("x"))
         scene = head_scene(n)
@@ -186,7 +191,7 @@ def ab(cases: str, var: str, warmup: int = 10, iters: int = 60):
         for it in range(warmup + iters):
             for flag in (False, True):
                 if flag:
-                    os.environ[var] = "1"
+                    os.environ[var] = value
                 else:
                     os.environ.pop(var, None)
                 ms = timed_call(run, reset)
@@ -194,7 +199,7 @@ def ab(cases: str, var: str, warmup: int = 10, iters: int = 60):
                     times[flag].append(ms)
         os.environ.pop(var, None)
         a, b = statistics.median(times[False]), statistics.median(times[True])
-        print(f"ab {n} Gaussians {w}x{h} fwd+bwd: default {a:.3f} ms, {var}=1 {b:.3f} ms, "
+        print(f"ab {n} Gaussians {w}x{h} fwd+bwd: default {a:.3f} ms, {var}={value} {b:.3f} ms, "
               f"default/switched {a / b:.2f}", flush=True)
 
 
@@ -245,6 +250,23 @@ def timeline(cases: str, iters: int = 50):
               f"{statistics.median(rows_sync):.0f}", flush=True)
 
 
+def results_table(results: list) -> str:
+    """The markdown table of RESULTS.md: ours, gsplat packed=False and gsplat's default mode."""
+    lines = ["| N | image (WxH) | pass | ours ms | gsplat ms (packed=False) | ours/gsplat | "
+             "gsplat ms (default, packed=True) | ours/gsplat default | ours peak MB | "
+             "gsplat peak MB (packed=False / default) |", "|" + "---|" * 10]
+    for r in results:
+        cells = [f"{r['N'] // 1000}k", f"{r['W']}x{r['H']}", r["mode"], f"{r['ours_ms']:.3f}"]
+        for key in ("gsplat", "gsplat_default"):
+            g = r.get(f"{key}_ms")
+            cells += [f"{g:.3f}", f"{r['ours_ms'] / g:.2f}x"] if g else ["-", "-"]
+        cells.append(f"{r['ours_peak_mb']:.1f}")
+        peaks = [r.get(f"{key}_peak_mb") for key in ("gsplat", "gsplat_default")]
+        cells.append(" / ".join(f"{p:.1f}" for p in peaks) if peaks[0] is not None else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--cases", default=DEFAULT_CASES, help="comma-separated NxWxH")
@@ -258,8 +280,9 @@ def main(argv=None):
                     help="with --profile: also write a chrome trace per case to this folder")
     ap.add_argument("--timeline", action="store_true",
                     help="only print the host-side timeline of our forward+backward")
-    ap.add_argument("--ab", default=None, metavar="VAR",
-                    help="only compare our forward+backward with and without VAR=1, alternated")
+    ap.add_argument("--ab", default=None, metavar="VAR[=VALUE]",
+                    help="only compare our forward+backward with and without VAR=VALUE (default "
+                         "1) in the environment, calls alternated")
     args = ap.parse_args(argv)
     if args.ab:
         return ab(args.cases, args.ab)
@@ -308,25 +331,18 @@ def main(argv=None):
             med, times, peak = measure(*ours_fn(scene, settings, bwd), args.warmup, args.iters)
             r.update(ours_ms=med, ours_peak_mb=peak / 2**20, ours_times=times)
             if have_gsplat:
-                med, times, peak = measure(*gsplat_fn(scene, viewmats, Ks, w, h, bwd),
-                                           args.warmup, args.iters)
-                r.update(gsplat_ms=med, gsplat_peak_mb=peak / 2**20, gsplat_times=times)
+                for packed, key in ((False, "gsplat"), (True, "gsplat_default")):
+                    med, times, peak = measure(*gsplat_fn(scene, viewmats, Ks, w, h, bwd, packed),
+                                               args.warmup, args.iters)
+                    r.update({f"{key}_ms": med, f"{key}_peak_mb": peak / 2**20,
+                              f"{key}_times": times})
             results.append(r)
             print(json.dumps({k: v for k, v in r.items() if not k.endswith("_times")}), flush=True)
         del scene
         torch.cuda.empty_cache()
 
-    head = ("| N | image (WxH) | pass | ours ms | gsplat ms | ours/gsplat | ours peak MB | "
-            "gsplat peak MB |")
     print()
-    print(head)
-    print("|" + "---|" * 8)
-    for r in results:
-        g = r.get("gsplat_ms")
-        gp = r.get("gsplat_peak_mb")
-        print(f"| {r['N'] // 1000}k | {r['W']}x{r['H']} | {r['mode']} | {r['ours_ms']:.3f} | "
-              + (f"{g:.3f} | {r['ours_ms'] / g:.2f}x" if g else "- | -")
-              + f" | {r['ours_peak_mb']:.1f} | " + (f"{gp:.1f} |" if gp is not None else "- |"))
+    print(results_table(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev, "torch": torch.__version__, "results": results}, f, indent=1)
