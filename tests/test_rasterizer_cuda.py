@@ -147,14 +147,14 @@ def check(settings, inputs, seed=0, img_tol=IMG_TOL, grad_tol=GRAD_TOL):
     return img, radii, grads
 
 
-def assert_switch_changes_nothing(monkeypatch, var, settings, inputs):
-    """An internal optimisation switched off by `var`=1 must leave the image and radii bitwise
-    unchanged and the gradients equal up to float-atomic rounding."""
+def assert_switch_changes_nothing(monkeypatch, var, settings, inputs, value="1"):
+    """An internal optimisation switched off (or retuned) by `var`=value must leave the image and
+    radii bitwise unchanged and the gradients equal up to float-atomic rounding."""
     H, W = settings.image_height, settings.image_width
     w = torch.randn(3, H, W, generator=torch.Generator().manual_seed(H * W)).to("cuda")
     img1, r1, g1 = render(settings, inputs, "cuda", torch.float32, w)
     with monkeypatch.context() as m:
-        m.setenv(var, "1")
+        m.setenv(var, value)
         img2, r2, g2 = render(settings, inputs, "cuda", torch.float32, w)
     assert torch.equal(img1, img2)
     assert torch.equal(r1, r2)
@@ -352,3 +352,63 @@ def test_backward_split_changes_nothing(monkeypatch):
     inputs = pick(scene)
     assert_switch_changes_nothing(monkeypatch, "STGA_RASTER_NO_SPLIT", s, inputs)
     check(s, inputs, seed=23)  # and the default agrees with the float64 reference
+
+
+def split_scene():
+    """12 non-empty tiles of a 96x80 image, with lists of ~70 to ~3200 entries (before culling):
+    from one backward segment to a hundred."""
+    s = make_settings(96, 80, seed=24, dist=3.0, tany=0.3)
+    scene = random_scene(6000, seed=24, spread=0.3, scale=(0.002, 0.01), opacity=(0.01, 0.1))
+    return s, pick(scene)
+
+
+@pytest.mark.parametrize("seg", ["32", "96", "2048"])
+def test_segment_length_changes_nothing(monkeypatch, seg):
+    # STGA_RASTER_SEG sets the backward's segment length (a measurement knob): 32 puts a
+    # checkpoint at every staging round, 2048 leaves most lists in one piece.
+    s, inputs = split_scene()
+    assert_switch_changes_nothing(monkeypatch, "STGA_RASTER_SEG", s, inputs, value=seg)
+
+
+def test_backward_uses_the_forwards_segments(monkeypatch):
+    # The checkpoints are laid out by the forward's segment length; a change of the knob between
+    # the forward and the backward must not reach the backward.
+    s, inputs = split_scene()
+    w = torch.randn(3, 80, 96, generator=torch.Generator().manual_seed(5)).to("cuda")
+    _, _, ref = render(s, inputs, "cuda", torch.float32, w)
+    leaves = {k: v.cuda().requires_grad_(True) for k, v in inputs.items()}
+    means2D = torch.zeros_like(leaves["means3D"], requires_grad=True)
+    with monkeypatch.context() as m:
+        m.setenv("STGA_RASTER_SEG", "32")
+        img, _ = rasterize_gaussians(s, leaves["means3D"], means2D, leaves["opacities"],
+                                     leaves["shs"], None, leaves["scales"], leaves["rotations"],
+                                     None, backend="cuda")
+        m.setenv("STGA_RASTER_SEG", "1024")
+        (img * w).sum().backward()
+    for k, v in leaves.items():
+        assert rel(v.grad, ref[k]) <= 1e-5, k
+
+
+def test_segment_length_is_checked(monkeypatch):
+    s, inputs = split_scene()
+    monkeypatch.setenv("STGA_RASTER_SEG", "100")
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        render(s, inputs, "cuda", torch.float32)
+
+
+def test_overlapped_backward_changes_nothing(monkeypatch):
+    # On sm_90 the per-Gaussian backward starts while the backward blending finishes
+    # (programmatic dependent launch) and waits for its sums; STGA_RASTER_NO_OVERLAP=1 runs the
+    # two one after the other. A scene with long lists, so that the blending has a long tail.
+    s, inputs = split_scene()
+    assert_switch_changes_nothing(monkeypatch, "STGA_RASTER_NO_OVERLAP", s, inputs)
+    check(s, inputs, seed=26)
+
+
+def test_blending_order_changes_nothing(monkeypatch):
+    # Tiles are blended longest list first; in plain index order (STGA_RASTER_NO_ORDER=1) the
+    # image must be bitwise the same. A wide image with lists from empty to thousands long.
+    s = make_settings(333, 120, seed=25, dist=2.5)
+    scene = random_scene(12000, seed=25, spread=0.5, scale=(0.002, 0.03), opacity=(0.01, 0.9))
+    scene["means3D"][:4000] *= 0.05                      # a dense cluster: long lists
+    assert_switch_changes_nothing(monkeypatch, "STGA_RASTER_NO_ORDER", s, pick(scene))

@@ -5,10 +5,11 @@
 // Gaussians, and the last block lays out the per-tile lists) -> host sync on the entry count ->
 // emission of the (depth key, Gaussian) entries into each tile's range, in no particular order ->
 // per-tile sort by depth key, ties by index (in shared memory, chunks of kSortChunk; longer lists
-// merge their runs) -> blending, one warp per 8x4 pixel patch, one thread per pixel.
+// merge their runs) -> blending, one warp per 8x4 pixel patch, one thread per pixel, tiles with
+// the longest lists first.
 // Backward: blending in reverse per (patch, segment of the tile's list), per-pixel gradients
 // summed over each warp and added to a per-Gaussian accumulator, then one thread per Gaussian for
-// the chain rule to the inputs.
+// the chain rule to the inputs (started while the blending finishes, on sm_90).
 #include <cub/block/block_radix_sort.cuh>
 #include <type_traits>
 
@@ -151,18 +152,46 @@ __device__ __forceinline__ void block_exclusive_scan(unsigned (&v)[K], unsigned 
   __syncthreads();  // s_warp is reused by the next call
 }
 
+// Tiles are blended longest list first, so that the long lists (silhouette tiles) do not start
+// last and set the kernel's tail. Lengths are ordered coarsely, by classes of two per octave:
+// 0 for an empty list, then 1, 2, 3, [4, 6), [6, 8), [8, 12), ...
+constexpr int kLengthClasses = 64;
+__device__ __forceinline__ int length_class(unsigned n) {
+  if (n < 2u) return (int)n;
+  const int msb = 31 - __clz(n);
+  return 2 * msb + (int)((n >> (msb - 1)) & 1u);
+}
+
+// Adds 1 to counter[cls] for each lane of the warp with cls >= 0 (shared-memory counters, one
+// atomic per distinct class) and returns the lane's old value plus its rank among the lanes of
+// its class. Called by all 32 lanes.
+__device__ __forceinline__ unsigned warp_increment(unsigned* counter, int cls) {
+  const int lane = threadIdx.x & 31;
+  const unsigned peers = __match_any_sync(kFull, cls);
+  const int leader = __ffs(peers) - 1;
+  unsigned base = 0;
+  if (lane == leader && cls >= 0) base = atomicAdd(&counter[cls], (unsigned)__popc(peers));
+  base = __shfl_sync(kFull, base, leader);
+  return base + (unsigned)__popc(peers & ((1u << lane) - 1u));
+}
+
 // Run by the preprocessing's last block (256 threads), once every tile's count is in its cursor:
 // each tile's range and its cursor set to its start (the emission advances the cursors), the
-// lists of non-empty and of long tiles, and ListStats (but entries). Unsigned sums: if there are
-// more than 2^31 entries the host stops before using any of this.
-__device__ void layout_lists(int T, const TileLists& l) {
+// lists of non-empty and of long tiles, each tile's first checkpoint slot, the blending order of
+// the tiles, and ListStats (but entries). Unsigned sums: if there are more than 2^31 entries the
+// host stops before using any of this.
+__device__ void layout_lists(int T, int seg, const TileLists& l) {
   constexpr int kItems = 8;
-  unsigned carry[4] = {0u, 0u, 0u, 0u};  // entries, non-empty tiles, long tiles, long entries
+  __shared__ unsigned s_class[kLengthClasses];  // tiles per class, then the class's next slot
+  for (int c = threadIdx.x; c < kLengthClasses; c += blockDim.x) s_class[c] = 0u;
+  __syncthreads();
+  // entries, non-empty tiles, long tiles, long entries, checkpoint slots
+  unsigned carry[5] = {0u, 0u, 0u, 0u, 0u};
   int longest = 0;
   for (int base = 0; base < T; base += 256 * kItems) {
     const int first = base + threadIdx.x * kItems;
     unsigned c[kItems];
-    unsigned at[4] = {0u, 0u, 0u, 0u};
+    unsigned at[5] = {0u, 0u, 0u, 0u, 0u};
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
       c[k] = first + k < T ? (unsigned)__ldcg(&l.cursors[(size_t)(first + k) * kCursorStride])
@@ -172,19 +201,23 @@ __device__ void layout_lists(int T, const TileLists& l) {
       at[1] += c[k] > 0 ? 1u : 0u;
       at[2] += is_long ? 1u : 0u;
       at[3] += is_long ? c[k] : 0u;
+      at[4] += c[k] > 0 ? (c[k] - 1u) / (unsigned)seg : 0u;
       longest = max(longest, (int)c[k]);
     }
-    unsigned total[4];
-    block_exclusive_scan<4>(at, total);
+    unsigned total[5];
+    block_exclusive_scan<5>(at, total);
 #pragma unroll
-    for (int k = 0; k < 4; ++k) at[k] += carry[k];
+    for (int k = 0; k < 5; ++k) at[k] += carry[k];
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
-      if (first + k >= T) break;
       const int t = first + k;
+      warp_increment(s_class, t < T ? length_class(c[k]) : -1);
+      if (t >= T) continue;
       l.ranges[t] = make_int2((int)at[0], (int)(at[0] + c[k]));
       l.cursors[(size_t)t * kCursorStride] = (int)at[0];
       at[0] += c[k];
+      l.ckpt_base[t] = (int)at[4];
+      at[4] += c[k] > 0 ? (c[k] - 1u) / (unsigned)seg : 0u;
       if (c[k] > 0) l.nonempty[at[1]++] = t;
       if (c[k] > (unsigned)kSortChunk) {
         l.long_tiles[at[2]] = t;
@@ -193,20 +226,38 @@ __device__ void layout_lists(int T, const TileLists& l) {
       }
     }
 #pragma unroll
-    for (int k = 0; k < 4; ++k) carry[k] += total[k];
+    for (int k = 0; k < 5; ++k) carry[k] += total[k];
   }
   __shared__ int s_max[8];
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1)
     longest = max(longest, __shfl_xor_sync(kFull, longest, off));
   if ((threadIdx.x & 31) == 0) s_max[threadIdx.x >> 5] = longest;
-  __syncthreads();
+  __syncthreads();  // also: s_class holds every tile, and this block's ranges are visible
   if (threadIdx.x == 0) {
     for (int w = 1; w < 8; ++w) longest = max(longest, s_max[w]);
     l.stats->nonempty = (int)carry[1];
     l.stats->num_long = (int)carry[2];
     l.stats->long_entries = (int)carry[3];
     l.stats->longest = longest;
+    l.stats->ckpt_slots = (int)carry[4];
+    unsigned run = 0u;  // classes in decreasing order: each class's first slot in the order
+    for (int c = kLengthClasses - 1; c >= 0; --c) {
+      const unsigned n = s_class[c];
+      s_class[c] = run;
+      run += n;
+    }
+  }
+  __syncthreads();
+  for (int base = 0; base < T; base += 256) {
+    const int t = base + threadIdx.x;
+    int cls = -1;
+    if (t < T) {
+      const int2 r = l.ranges[t];
+      cls = length_class((unsigned)(r.y - r.x));
+    }
+    const unsigned slot = warp_increment(s_class, cls);
+    if (t < T) l.order[slot] = t;
   }
 }
 
@@ -353,16 +404,35 @@ preprocess_fwd_kernel(int N, Cam cam, GaussIn in, PreOut out, TileLists lists) {
   __syncthreads();
   if (s_last) {
     __threadfence();
-    layout_lists(cam.grid_x * cam.grid_y, lists);
+    layout_lists(cam.grid_x * cam.grid_y, cam.seg, lists);
   }
 }
 
+// Programmatic dependent launch (sm_90): a kernel launched with the attribute may start while the
+// previous kernel in the stream is still running; wait_for_previous_kernel() returns once that
+// kernel has finished and its writes are visible. The previous kernel lets it start early with
+// allow_next_kernel(). Without the attribute (or before sm_90) both are no-ops.
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_next_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Launched as a dependent of the blending pass: its blocks recompute the forward's quantities
+// while the last blending warps finish (on SMs they leave free), then wait for the accumulated
+// gradients. Nothing is written before that wait (the gradients' memory may be what the blending
+// pass is still reading: the forward's buffers, released before the gradients were allocated).
 template <int D, bool VEC>
 __global__ void __launch_bounds__(256)
 preprocess_bwd_kernel(int N, Cam cam, GaussIn in, const int* __restrict__ radii,
                       const float* __restrict__ acc, GaussGrad g) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < N) preprocess_backward_one<D, VEC>(i, cam, in, radii, acc, g);
+  if (i < N) preprocess_backward_one<D, VEC>(i, cam, in, radii, acc, g, wait_for_previous_kernel);
 }
 
 // Each listed Gaussian's entries (depth key << 32 | index) go to the tiles listing it, at the
@@ -459,21 +529,21 @@ merge_runs_kernel(const int* __restrict__ long_tiles, const int* __restrict__ lo
 // the same as without the test).
 //
 // The backward is split further, along the list: the forward records every pixel's transmittance
-// and the colour behind it at each kSeg-th position of its tile's list (a checkpoint), so that
-// each (patch, segment of kSeg positions) is an independent backward work item. The forward also
+// and the colour behind it at each seg-th position of its tile's list (a checkpoint), so that
+// each (patch, segment of seg positions) is an independent backward work item. The forward also
 // appends each patch's items to a work list, which persistent backward warps drain.
 constexpr int kPatchW = 8, kPatchH = 4;                       // pixels of one blending warp
 constexpr int kPatchesX = kTile / kPatchW, kPatchesY = kTile / kPatchH;
 constexpr int kStage = 32;                                    // list entries staged per round
 static_assert(kPatchW * kPatchH == 32 && kStage == 32, "one pixel and one entry per lane");
 static_assert(kPatchesX * kPatchesY == kPatchesPerTile, "patch layout");
-static_assert(kSeg % kStage == 0, "segments are whole rounds");
 
 // This lane's pixel, its patch (cut to the image) and the tile's range [range.x, range.y) of
 // point_list. w or h <= 0 when the whole patch lies outside the image.
 struct Patch {
   int x0, y0, w, h;
   int x, y;
+  int tile;
   int tpix;       // the pixel's index in its tile (checkpoint layout)
   bool inside;
   float cx, cy;
@@ -491,12 +561,12 @@ __device__ __forceinline__ Patch patch_at(int lane, int px, int py, int grid_x, 
   const int lx = lane % kPatchW, ly = lane / kPatchW;
   p.x = p.x0 + lx;
   p.y = p.y0 + ly;
+  p.tile = (py / kPatchesY) * grid_x + px / kPatchesX;
   p.tpix = ((py % kPatchesY) * kPatchH + ly) * kTile + (px % kPatchesX) * kPatchW + lx;
   p.inside = p.x < W && p.y < H;
   p.cx = (float)p.x + 0.5f;
   p.cy = (float)p.y + 0.5f;
-  p.range = (p.w > 0 && p.h > 0) ? ranges[(py / kPatchesY) * grid_x + px / kPatchesX]
-                                 : make_int2(0, 0);
+  p.range = (p.w > 0 && p.h > 0) ? ranges[p.tile] : make_int2(0, 0);
   return p;
 }
 
@@ -564,39 +634,44 @@ __device__ __forceinline__ int warp_max(int v) {
   return v;
 }
 
-// Checkpoint slot of global list position `pos` (a tile's start plus a positive multiple of
-// kSeg). Unique: two such positions in one tile differ by a multiple of kSeg, and a position of a
-// later tile lies more than kSeg beyond every position of an earlier one.
-__device__ __forceinline__ size_t ckpt_index(int pos, int tpix) {
-  return (size_t)(pos / kSeg) * kBlockPixels + tpix;
+// Where pixel tpix of a tile keeps its checkpoint k >= 1 (list position k seg), given the tile's
+// first slot (TileLists::ckpt_base).
+__device__ __forceinline__ size_t ckpt_index(int first_slot, int k, int tpix) {
+  return (size_t)(first_slot + k - 1) * kBlockPixels + tpix;
 }
 
 constexpr int kFwdGroup = 4;   // Gaussians whose alphas are computed together (latency hiding)
 
-// Rounds are software-pipelined: while a round is blended, the next round's Gaussians and the
-// list indices of the one after are already being loaded.
+// Block b blends patch b % 8 of the (b / 8)-th tile of the blending order (longest lists
+// first). Rounds are software-pipelined: while a round is blended, the next round's Gaussians and
+// the list indices of the one after are already being loaded.
 __global__ void __launch_bounds__(32)
-render_fwd_kernel(int W, int H, int cull, const int2* __restrict__ ranges, StageArrays arr,
-                  const float* __restrict__ bg, float* __restrict__ out_color,
-                  float* __restrict__ out_T, int* __restrict__ out_last, BwdSplit split) {
+render_fwd_kernel(int W, int H, int grid_x, int cull, int seg, const int2* __restrict__ ranges,
+                  const int* __restrict__ order, StageArrays arr, const float* __restrict__ bg,
+                  float* __restrict__ out_color, float* __restrict__ out_T,
+                  int* __restrict__ out_last, BwdSplit split) {
   __shared__ Stage s;
   const int lane = threadIdx.x;
-  const int grid_x = gridDim.x / kPatchesX;
-  const Patch p = patch_at(lane, blockIdx.x, blockIdx.y, grid_x, W, H, ranges);
+  const int slot = blockIdx.x / kPatchesPerTile, sub = blockIdx.x % kPatchesPerTile;
+  const int tile = order != nullptr ? order[slot] : slot;
+  const int px = (tile % grid_x) * kPatchesX + sub % kPatchesX;
+  const int py = (tile / grid_x) * kPatchesY + sub / kPatchesX;
+  const Patch p = patch_at(lane, px, py, grid_x, W, H, ranges);
   if (p.w <= 0 || p.h <= 0) return;
 
   bool done = !p.inside;
   float T = 1.f, C0 = 0.f, C1 = 0.f, C2 = 0.f;
   int last = 0, nck = 0;
   const int begin = p.range.x, end = p.range.y;
+  const int first_slot = split.ckpt != nullptr ? split.ckpt_base[tile] : 0;
   auto index_at = [&](int base) { return base + lane < end ? arr.point_list[base + lane] : -1; };
   Candidate cur = fetch(index_at(begin), arr);
   int next_id = index_at(begin + kStage);
   for (int base = begin; base < end; base += kStage) {
     if (__all_sync(kFull, done)) break;
-    if (split.ckpt != nullptr && base != begin && (base - begin) % kSeg == 0) {
-      if (p.inside) split.ckpt[ckpt_index(base, p.tpix)] = make_float4(T, C0, C1, C2);
+    if (split.ckpt != nullptr && base != begin && (base - begin) % seg == 0) {
       ++nck;
+      if (p.inside) split.ckpt[ckpt_index(first_slot, nck, p.tpix)] = make_float4(T, C0, C1, C2);
     }
     const int n = stage_commit(s, cur, base - begin + lane, p, cull, lane);
     cur = fetch(next_id, arr);
@@ -643,7 +718,7 @@ render_fwd_kernel(int W, int H, int cull, const int2* __restrict__ ranges, Stage
     out_last[pix] = last;
     // checkpoints: (T, colour accumulated in front) -> (T, colour behind, per unit transmittance)
     for (int k = 1; k <= nck; ++k) {
-      const size_t q = ckpt_index(begin + k * kSeg, p.tpix);
+      const size_t q = ckpt_index(first_slot, k, p.tpix);
       const float4 c = split.ckpt[q];
       const float inv = 1.f / c.x;
       split.ckpt[q] = make_float4(c.x, (F0 - c.y) * inv, (F1 - c.z) * inv, (F2 - c.w) * inv);
@@ -652,11 +727,11 @@ render_fwd_kernel(int W, int H, int cull, const int2* __restrict__ ranges, Stage
   if (split.work != nullptr) {
     const int max_last = warp_max(last);
     if (max_last > 0) {
-      const int nseg = (max_last + kSeg - 1) / kSeg;
+      const int nseg = (max_last + seg - 1) / seg;
       int at = 0;
       if (lane == 0) at = atomicAdd(split.counters, nseg);
       at = __shfl_sync(kFull, at, 0);
-      const int patch = blockIdx.y * gridDim.x + blockIdx.x;
+      const int patch = py * grid_x * kPatchesX + px;
       for (int q = lane; q < nseg; q += 32) split.work[at + q] = make_int2(patch, q);
     }
   }
@@ -707,17 +782,25 @@ __device__ __forceinline__ int xpose_origin(int lane, int s) {
   return pos;
 }
 
-// Backward blending. Persistent warps take (patch, segment) items from the forward's work list;
-// an item is blended back to front over its kSeg list positions (fewer in the patch's last
-// segment, which ends at the patch's last contributor), starting from the final state or from the
-// checkpoint at the segment's end. Rounds are pipelined as in the forward.
+// Backward blending. Persistent warps take (patch, segment) items from the forward's work list,
+// last appended first: the forward's patches append their items as they finish, so the patches
+// with the longest work (long lists, pixels that never saturate) come last there and are taken
+// first here instead of setting this kernel's tail. An item is blended back to front over its seg
+// list positions (fewer in the patch's last segment, which ends at the patch's last
+// contributor), starting from the final state or from the checkpoint at the segment's end.
+// Rounds are pipelined as in the forward.
 __global__ void __launch_bounds__(32)
-render_bwd_kernel(int W, int H, int cull, int grid_x, int grid_y, const int2* __restrict__ ranges,
-                  StageArrays arr, const float* __restrict__ bg, const float* __restrict__ final_T,
-                  const int* __restrict__ last_contrib, const float* __restrict__ dL_dcolor,
-                  const float4* __restrict__ ckpt, const int2* __restrict__ work,
-                  int* __restrict__ counters, float* __restrict__ acc) {
+render_bwd_kernel(int W, int H, int cull, int seg, int grid_x, int grid_y,
+                  const int2* __restrict__ ranges, StageArrays arr, const float* __restrict__ bg,
+                  const float* __restrict__ final_T, const int* __restrict__ last_contrib,
+                  const float* __restrict__ dL_dcolor, BwdSplit split, float* __restrict__ acc) {
+  const float4* __restrict__ ckpt = split.ckpt;
+  const int2* __restrict__ work = split.work;
+  int* const counters = split.counters;
   __shared__ Stage s;
+  // Every warp of this (persistent) grid is resident from the start, so the per-Gaussian
+  // backward may be scheduled at once: it takes SMs only as the last warps here finish.
+  allow_next_kernel();
   const int lane = threadIdx.x;
   const int HW = H * W;
   const int patches_x = grid_x * kPatchesX;
@@ -734,7 +817,7 @@ render_bwd_kernel(int W, int H, int cull, int grid_x, int grid_y, const int2* __
     if (lane == 0) it = atomicAdd(counters + 1, 1);
     it = __shfl_sync(kFull, it, 0);
     if (it >= items) return;
-    const int2 item = listed ? work[it] : make_int2(it, 0);
+    const int2 item = listed ? work[items - 1 - it] : make_int2(it, 0);
     const Patch p = patch_at(lane, item.x % patches_x, item.x / patches_x, grid_x, W, H, ranges);
     const int pix = p.y * W + p.x;
 
@@ -748,10 +831,10 @@ render_bwd_kernel(int W, int H, int cull, int grid_x, int grid_y, const int2* __
     }
     const int max_last = warp_max(last);
     if (max_last == 0) continue;
-    const int nseg = listed ? (max_last + kSeg - 1) / kSeg : 1;
-    const int seg_begin = item.y * kSeg;
+    const int nseg = listed ? (max_last + seg - 1) / seg : 1;
+    const int seg_begin = item.y * seg;
     const bool tail = item.y == nseg - 1;
-    const int seg_end = tail ? max_last : seg_begin + kSeg;
+    const int seg_end = tail ? max_last : seg_begin + seg;
     const int begin = p.range.x;
     // transmittance at the segment's end and the colour behind it (per unit transmittance)
     float T = 1.f, ac0 = bg[0], ac1 = bg[1], ac2 = bg[2];
@@ -759,7 +842,7 @@ render_bwd_kernel(int W, int H, int cull, int grid_x, int grid_y, const int2* __
       if (tail) {
         T = final_T[pix];
       } else {
-        const float4 c = ckpt[ckpt_index(begin + seg_end, p.tpix)];
+        const float4 c = ckpt[ckpt_index(split.ckpt_base[p.tile], item.y + 1, p.tpix)];
         T = c.x;
         ac0 = c.y;
         ac1 = c.z;
@@ -901,14 +984,16 @@ cudaError_t launch_sort_lists(const TileLists& lists, const ListStats& stats,
   return cudaSuccess;
 }
 
-cudaError_t launch_render_forward(const Cam& cam, const int* ranges, const int* point_list,
-                                  const Geom& geom, float* color, float* final_T, int* last,
-                                  const BwdSplit& split, cudaStream_t stream) {
-  const dim3 grid(cam.grid_x * kPatchesX, cam.grid_y * kPatchesY);
+cudaError_t launch_render_forward(const Cam& cam, const int* ranges, const int* order,
+                                  const int* point_list, const Geom& geom, float* color,
+                                  float* final_T, int* last, const BwdSplit& split,
+                                  cudaStream_t stream) {
+  const int blocks = cam.grid_x * cam.grid_y * kPatchesPerTile;
   const StageArrays arr{point_list, (const float2*)geom.xy, (const float4*)geom.conic_o,
                         (const float4*)geom.rgb};
-  render_fwd_kernel<<<grid, 32, 0, stream>>>(cam.W, cam.H, cam.cull, (const int2*)ranges, arr,
-                                             cam.bg, color, final_T, last, split);
+  render_fwd_kernel<<<blocks, 32, 0, stream>>>(cam.W, cam.H, cam.grid_x, cam.cull, cam.seg,
+                                               (const int2*)ranges, order, arr, cam.bg, color,
+                                               final_T, last, split);
   return cudaGetLastError();
 }
 
@@ -926,31 +1011,38 @@ cudaError_t launch_backward_render(int N, const Cam& cam, const int* ranges,
     STGA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, render_bwd_kernel, 32, 0));
     per_sm = per_sm > 0 ? per_sm : 1;
   }
-  int dev = 0, sms = 0;
-  STGA_TRY(cudaGetDevice(&dev));
-  STGA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const size_t cap = split.work != nullptr
-                         ? work_capacity(R, cam.grid_x * cam.grid_y)
-                         : (size_t)cam.grid_x * cam.grid_y * kPatchesPerTile;
+  const int sms = cam.sm_count;
+  const size_t cap = split.work != nullptr ? split.capacity
+                                           : (size_t)cam.grid_x * cam.grid_y * kPatchesPerTile;
   const int blocks = (int)(cap < (size_t)sms * per_sm ? cap : (size_t)sms * per_sm);
   const StageArrays arr{point_list, (const float2*)geom.xy, (const float4*)geom.conic_o,
                         (const float4*)geom.rgb};
-  render_bwd_kernel<<<blocks, 32, 0, stream>>>(cam.W, cam.H, cam.cull, cam.grid_x, cam.grid_y,
-                                               (const int2*)ranges, arr, cam.bg, final_T, last,
-                                               dL_dcolor, split.ckpt, split.work, split.counters,
-                                               acc);
+  render_bwd_kernel<<<blocks, 32, 0, stream>>>(cam.W, cam.H, cam.cull, cam.seg, cam.grid_x,
+                                               cam.grid_y, (const int2*)ranges, arr, cam.bg,
+                                               final_T, last, dL_dcolor, split, acc);
   return cudaGetLastError();
 }
 
 cudaError_t launch_backward_preprocess(int N, const Cam& cam, const GaussIn& in,
                                        const int* radii, const float* acc,
-                                       const GaussGrad& grads, cudaStream_t stream) {
+                                       const GaussGrad& grads, bool overlap, cudaStream_t stream) {
   if (N <= 0) return cudaSuccess;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(cdiv(N, 256));
+  cfg.blockDim = dim3(256);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = overlap ? 1 : 0;
+  cudaError_t err = cudaSuccess;
   dispatch_sh(in.shs ? cam.deg : 0, use_vec(cam, in), [&](auto d, auto v) {
-    preprocess_bwd_kernel<decltype(d)::value, decltype(v)::value>
-        <<<cdiv(N, 256), 256, 0, stream>>>(N, cam, in, radii, acc, grads);
+    err = cudaLaunchKernelEx(&cfg, preprocess_bwd_kernel<decltype(d)::value, decltype(v)::value>,
+                             N, cam, in, radii, acc, grads);
   });
-  return cudaGetLastError();
+  return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 }  // namespace stga

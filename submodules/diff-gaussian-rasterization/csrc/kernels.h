@@ -47,7 +47,8 @@ struct ListStats {
   int num_long;                // tiles with more than kSortChunk entries
   int long_entries;            // entries of those tiles
   int longest;                 // entries of the longest list
-  int pad[2];
+  int ckpt_slots;              // the backward split's checkpoint slots (see BwdSplit)
+  int pad;
 };
 static_assert(sizeof(ListStats) == 32, "ListStats is read as 8 int32 words");
 
@@ -66,8 +67,9 @@ constexpr int kCursorStride = 8;
 //   [2T+8, 2T+10)    the backward's work-list counters (see BwdSplit)
 //   [2T+10]          blocks of the preprocessing done (its last block lays out the lists)
 //   [C, C+8T)        the tiles' counters / cursors (kCursorStride apart), C = cursor_base(T)
-//   [C+8T, C+11T)    the non-empty tiles, the long tiles, and each long tile's offset in the
-//                    merge buffer (T words each)
+//   [C+8T, C+13T)    the non-empty tiles, the long tiles, each long tile's offset in the
+//                    merge buffer, each tile's first checkpoint slot, and the blending order
+//                    of the tiles (longest lists first) (T words each)
 struct TileLists {
   int2* ranges;
   ListStats* stats;
@@ -77,10 +79,12 @@ struct TileLists {
   int* nonempty;
   int* long_tiles;
   int* long_offset;
+  int* ckpt_base;
+  int* order;
 };
 inline size_t cursor_base(int T) { return (2 * (size_t)T + 11 + 31) / 32 * 32; }
 inline size_t tile_lists_zeroed_ints(int T) { return cursor_base(T) + kCursorStride * (size_t)T; }
-inline size_t tile_lists_ints(int T) { return tile_lists_zeroed_ints(T) + 3 * (size_t)T; }
+inline size_t tile_lists_ints(int T) { return tile_lists_zeroed_ints(T) + 5 * (size_t)T; }
 inline TileLists tile_lists_at(int* base, int T) {
   const size_t t = (size_t)T, c = cursor_base(T);
   TileLists l;
@@ -92,11 +96,14 @@ inline TileLists tile_lists_at(int* base, int T) {
   l.nonempty = base + c + kCursorStride * t;
   l.long_tiles = l.nonempty + t;
   l.long_offset = l.long_tiles + t;
+  l.ckpt_base = l.long_offset + t;
+  l.order = l.ckpt_base + t;
   return l;
 }
 
 // Per-Gaussian preprocessing. Also counts each tile's entries and, in its last block, lays out
-// the lists (ranges, cursors, the non-empty and the long tiles, ListStats).
+// the lists (ranges, cursors, the non-empty and the long tiles, checkpoint slots, the blending
+// order, ListStats).
 cudaError_t launch_preprocess(int N, const Cam& cam, const GaussIn& in, const Geom& geom,
                               const Scratch& s, int* radii, const TileLists& lists,
                               cudaStream_t stream);
@@ -112,29 +119,34 @@ cudaError_t launch_sort_lists(const TileLists& lists, const ListStats& stats,
                               int* point_list, cudaStream_t stream);
 
 // The backward's work split, written by the forward blending (null pointers: no backward, or
-// the split switched off; the backward then takes each patch as one item).
-// ckpt holds, for every tile list position that is a positive multiple of kSeg from the tile's
-// start, each of the tile's pixels' transmittance there and the colour behind it per unit
-// transmittance; work holds (patch, segment) items; counters[0] counts the items, counters[1]
-// the items taken by the backward (both zeroed by the caller; TileLists::work_counters).
-constexpr int kSeg = 384;
+// the split switched off; the backward then takes each patch as one item). A tile's list is cut
+// into segments of cam.seg positions; ckpt holds, for each segment boundary inside a list (list
+// positions k seg, k >= 1), each of the tile's pixels' transmittance there and the colour behind
+// it per unit transmittance, at slot ckpt_base[tile] + k - 1 (ListStats::ckpt_slots slots in
+// all); work holds (patch, segment) items; counters[0] counts the items, counters[1] the items
+// taken by the backward (both zeroed by the caller; TileLists::work_counters).
+constexpr int kDefaultSeg = 384;   // positions per segment unless STGA_RASTER_SEG says otherwise
 constexpr int kPatchesPerTile = 8;
 constexpr int kBlockPixels = kTile * kTile;
 struct BwdSplit {
-  float4* ckpt;     // (ckpt_slots(R) x kBlockPixels)
-  int2* work;       // (work_capacity(R, num_tiles))
-  int* counters;    // (2)
+  float4* ckpt;           // (ckpt_slots x kBlockPixels)
+  int2* work;             // (capacity)
+  size_t capacity;        // work_capacity(...)
+  int* counters;          // (2)
+  const int* ckpt_base;   // TileLists::ckpt_base
 };
-inline size_t ckpt_slots(int R) { return (size_t)R / kSeg + 1; }
-inline size_t work_capacity(int R, int num_tiles) {
-  return (size_t)kPatchesPerTile * ((size_t)num_tiles + (size_t)R / kSeg + 1);
+// Work items of the split: at most one per segment of each of a tile's 8 patches.
+inline size_t work_capacity(int num_tiles, int ckpt_slots) {
+  return (size_t)kPatchesPerTile * ((size_t)num_tiles + (size_t)ckpt_slots);
 }
 
 // Front-to-back blending: color (3,H,W), final transmittance and last contributor per pixel,
-// and the backward's work split when split.ckpt is not null.
-cudaError_t launch_render_forward(const Cam& cam, const int* ranges, const int* point_list,
-                                  const Geom& geom, float* color, float* final_T, int* last,
-                                  const BwdSplit& split, cudaStream_t stream);
+// and the backward's work split when split.ckpt is not null. Tiles are taken in the order
+// `order` (TileLists::order), or in index order when it is null.
+cudaError_t launch_render_forward(const Cam& cam, const int* ranges, const int* order,
+                                  const int* point_list, const Geom& geom, float* color,
+                                  float* final_T, int* last, const BwdSplit& split,
+                                  cudaStream_t stream);
 
 // Backward blending: acc (N x kGradSlots, zeroed here) from dL/dcolor.
 cudaError_t launch_backward_render(int N, const Cam& cam, const int* ranges,
@@ -143,9 +155,11 @@ cudaError_t launch_backward_render(int N, const Cam& cam, const int* ranges,
                                    const float* dL_dcolor, const BwdSplit& split, float* acc,
                                    cudaStream_t stream);
 
-// Backward per Gaussian: from acc to the gradients of the inputs.
+// Backward per Gaussian: from acc to the gradients of the inputs. With `overlap` (sm_90 and
+// later) it is launched as a programmatic dependent of the backward blending, which must be the
+// previous kernel in the stream: its blocks start while the blending finishes.
 cudaError_t launch_backward_preprocess(int N, const Cam& cam, const GaussIn& in,
                                        const int* radii, const float* acc,
-                                       const GaussGrad& grads, cudaStream_t stream);
+                                       const GaussGrad& grads, bool overlap, cudaStream_t stream);
 
 }  // namespace stga

@@ -106,6 +106,8 @@ struct Cam {
   int deg;                  // SH degree in use
   int K;                    // SH coefficients stored per Gaussian (>= (deg+1)^2)
   int cull;                 // 1: leave tiles where alpha < 1/255 everywhere out of the lists
+  int seg;                  // list positions per backward segment (kernels.h, BwdSplit)
+  int sm_count;             // multiprocessors of the device (persistent grids)
 };
 
 // The Gaussians' inputs, float32 and contiguous; unused ones are null.
@@ -620,12 +622,15 @@ STGA_UNROLL
 
 // ---------------------------------------------------------------------------------------------
 // Per-Gaussian backward: from the accumulated screen-space gradients (kGradSlots per Gaussian)
-// to the gradients of every input. Culled Gaussians (radius 0) get zeros.
-template <int D, bool VEC>
+// to the gradients of every input. Culled Gaussians (radius 0) get zeros. wait_for_acc() is
+// called before acc is read and before anything is stored: what comes before it reads only the
+// inputs (on the GPU it overlaps the end of the blending pass, kernels.cu).
+template <int D, bool VEC, class Wait>
 STGA_HD void preprocess_backward_one(int i, const Cam& cam, const GaussIn& in, const int* radii,
-                                     const float* acc, const GaussGrad& g) {
+                                     const float* acc, const GaussGrad& g, Wait&& wait_for_acc) {
   constexpr int NB = (D + 1) * (D + 1);
   if (radii[i] == 0) {
+    wait_for_acc();
 STGA_UNROLL
     for (int k = 0; k < 3; ++k) { g.means[3 * i + k] = 0.f; g.means2D[3 * i + k] = 0.f; }
     g.opac[i] = 0.f;
@@ -639,32 +644,12 @@ STGA_UNROLL
     if (g.rots) for (int k = 0; k < 4; ++k) g.rots[4 * i + k] = 0.f;
     return;
   }
-  const float* a9 = acc + (size_t)kGradSlots * i;
-  const float g_rgb[3] = {a9[kSlotR], a9[kSlotG], a9[kSlotB]};
-  const float g_px = a9[kSlotPx], g_py = a9[kSlotPy];
-  const float gA = a9[kSlotConicA], gB = a9[kSlotConicB], gC = a9[kSlotConicC];
-  g.opac[i] = a9[kSlotOpacity];
-
+  // The forward's quantities, from the inputs alone.
   const float m[3] = {in.means[3 * i], in.means[3 * i + 1], in.means[3 * i + 2]};
-  float dm[3] = {0.f, 0.f, 0.f};
-
-  // Screen position: px = (ndc.x + 1) W / 2.
-  const float g_ndcx = g_px * (0.5f * cam.W), g_ndcy = g_py * (0.5f * cam.H);
-  g.means2D[3 * i] = g_ndcx;
-  g.means2D[3 * i + 1] = g_ndcy;
-  g.means2D[3 * i + 2] = 0.f;
-  {
-    float c4[4];
-    clip_point(cam.proj, m, c4);
-    const float iw = 1.f / c4[3];
-    const float nx = c4[0] * iw, ny = c4[1] * iw;
-    const float* P = cam.proj;
-STGA_UNROLL
-    for (int k = 0; k < 3; ++k)
-      dm[k] += (g_ndcx * (P[4 * k] - nx * P[4 * k + 3]) + g_ndcy * (P[4 * k + 1] - ny * P[4 * k + 3])) * iw;
-  }
-
-  // Conic -> 2D covariance.
+  float c4[4];
+  clip_point(cam.proj, m, c4);
+  const float iw = 1.f / c4[3];
+  const float nx = c4[0] * iw, ny = c4[1] * iw;
   float t[3];
   view_point(cam.view, m, t);
   float cov[6], R[9], s[3], qn[4], qnorm = 1.f;
@@ -674,6 +659,41 @@ STGA_UNROLL
   const float a = ewa.a, b = ewa.b, c = ewa.c;
   const float idet = 1.f / (a * c - b * b);
   const float A = c * idet, B = -b * idet, C = a * idet;
+  // view direction, SH basis and which colour channels the forward clamped at 0
+  float dir[3] = {m[0] - cam.campos[0], m[1] - cam.campos[1], m[2] - cam.campos[2]};
+  float il = 1.f, bs[16];
+  bool clamped[3] = {false, false, false};
+  if (!g.colors) {
+    il = 1.f / sqrtf(dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2]);
+    dir[0] *= il; dir[1] *= il; dir[2] *= il;
+    float sh[3 * NB], rgb[3];
+    load_floats<3 * NB, VEC>(in.shs + (size_t)i * cam.K * 3, sh);
+    sh_color<D>(sh, dir[0], dir[1], dir[2], rgb, bs);
+STGA_UNROLL
+    for (int k = 0; k < 3; ++k) clamped[k] = rgb[k] < 0.f;
+  }
+
+  wait_for_acc();
+  const float* a9 = acc + (size_t)kGradSlots * i;
+  const float g_rgb[3] = {a9[kSlotR], a9[kSlotG], a9[kSlotB]};
+  const float g_px = a9[kSlotPx], g_py = a9[kSlotPy];
+  const float gA = a9[kSlotConicA], gB = a9[kSlotConicB], gC = a9[kSlotConicC];
+  g.opac[i] = a9[kSlotOpacity];
+  float dm[3] = {0.f, 0.f, 0.f};
+
+  // Screen position: px = (ndc.x + 1) W / 2.
+  const float g_ndcx = g_px * (0.5f * cam.W), g_ndcy = g_py * (0.5f * cam.H);
+  g.means2D[3 * i] = g_ndcx;
+  g.means2D[3 * i + 1] = g_ndcy;
+  g.means2D[3 * i + 2] = 0.f;
+  {
+    const float* P = cam.proj;
+STGA_UNROLL
+    for (int k = 0; k < 3; ++k)
+      dm[k] += (g_ndcx * (P[4 * k] - nx * P[4 * k + 3]) + g_ndcy * (P[4 * k + 1] - ny * P[4 * k + 3])) * iw;
+  }
+
+  // Conic -> 2D covariance.
   // dL/dSigma' = -M G M with M the conic and G = [[gA, gB/2], [gB/2, gC]].
   const float ga = -(A * A * gA + A * B * gB + B * B * gC);
   const float gb = -(2.f * A * B * gA + (A * C + B * B) * gB + 2.f * B * C * gC);
@@ -765,16 +785,12 @@ STGA_UNROLL
 STGA_UNROLL
     for (int k = 0; k < 3; ++k) g.colors[3 * i + k] = g_rgb[k];
   } else {
-    float d[3] = {m[0] - cam.campos[0], m[1] - cam.campos[1], m[2] - cam.campos[2]};
-    const float len = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
-    const float il = 1.f / len;
-    d[0] *= il; d[1] *= il; d[2] *= il;
-    float sh[3 * NB], bs[16], rgb[3];
+    const float* d = dir;
+    float sh[3 * NB];
     load_floats<3 * NB, VEC>(in.shs + (size_t)i * cam.K * 3, sh);
-    sh_color<D>(sh, d[0], d[1], d[2], rgb, bs);
     float gk[3];
 STGA_UNROLL
-    for (int k = 0; k < 3; ++k) gk[k] = rgb[k] < 0.f ? 0.f : g_rgb[k];
+    for (int k = 0; k < 3; ++k) gk[k] = clamped[k] ? 0.f : g_rgb[k];
     float gsh[3 * NB], gbasis[16];
 STGA_UNROLL
     for (int j = 0; j < NB; ++j) {

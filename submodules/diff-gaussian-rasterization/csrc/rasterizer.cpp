@@ -4,8 +4,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
+#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -49,17 +51,56 @@ void check_means(const at::Tensor& means3D) {
   TORCH_CHECK(means3D.dim() == 2 && means3D.size(1) == 3, "means3D must be (N,3)");
 }
 
-// The image constants of the camera (size, tile grid, culling); the rest zero.
+// Whether the measurement switch `name` (environment) is set to 1.
+bool switched(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && v[0] == '1';
+}
+
+// List positions per backward segment: STGA_RASTER_SEG (a positive multiple of 32), for
+// measurements, else kDefaultSeg.
+int segment_length() {
+  const char* v = std::getenv("STGA_RASTER_SEG");
+  if (v == nullptr || v[0] == '\0') return kDefaultSeg;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  TORCH_CHECK(*end == '\0' && n >= 32 && n % 32 == 0 && n <= (1L << 20),
+              "STGA_RASTER_SEG must be a positive multiple of 32 (got '", v, "')");
+  return (int)n;
+}
+
+// What the launches need to know of the current device, queried once per device.
+struct DeviceInfo {
+  int sm_count;
+  int major;  // compute capability
+};
+const DeviceInfo& device_info() {
+  constexpr int kMaxDevices = 64;
+  static DeviceInfo info[kMaxDevices];
+  static std::once_flag once[kMaxDevices];
+  const int dev = c10::cuda::current_device();
+  TORCH_CHECK(dev >= 0 && dev < kMaxDevices, "STGA rasterizer: device index out of range");
+  std::call_once(once[dev], [dev] {
+    STGA_CUDA_CHECK(cudaDeviceGetAttribute(&info[dev].sm_count, cudaDevAttrMultiProcessorCount,
+                                           dev));
+    STGA_CUDA_CHECK(cudaDeviceGetAttribute(&info[dev].major, cudaDevAttrComputeCapabilityMajor,
+                                           dev));
+  });
+  return info[dev];
+}
+
+// The image constants of the camera (size, tile grid, culling) and the device's multiprocessor
+// count; the rest zero (seg: the caller's). Called under the device guard of the call.
 Cam image_cam(int64_t W, int64_t H) {
   TORCH_CHECK(W > 0 && H > 0, "image size must be positive");
   Cam c{};
+  c.sm_count = device_info().sm_count;
   c.W = (int)W;
   c.H = (int)H;
   c.grid_x = cdiv(W, kTile);
   c.grid_y = cdiv(H, kTile);
   // Internal tile-list culling (results are identical either way); off only for measurements.
-  const char* no_cull = std::getenv("STGA_RASTER_NO_CULL");
-  c.cull = (no_cull != nullptr && no_cull[0] == '1') ? 0 : 1;
+  c.cull = switched("STGA_RASTER_NO_CULL") ? 0 : 1;
   return c;
 }
 
@@ -74,6 +115,7 @@ struct Prepared {
   at::Tensor means, opac, view, proj, campos, bg;
   std::optional<at::Tensor> shs, colors, scales, rots, cov3D;
   cudaStream_t stream;
+  bool copied;  // some input had to be converted (a copy was queued on the stream)
 
   Prepared(const at::Tensor& means3D, const at::Tensor& opacities,
            const std::optional<at::Tensor>& shs_, const std::optional<at::Tensor>& colors_,
@@ -141,6 +183,13 @@ struct Prepared {
     in.rots = cov3D ? nullptr : opt_ptr(rots);
     in.cov3D = opt_ptr(cov3D);
     stream = c10::cuda::getCurrentCUDAStream();
+    auto same = [](const std::optional<at::Tensor>& a, const std::optional<at::Tensor>& b) {
+      return present(a) == present(b) && (!present(a) || a->is_same(*b));
+    };
+    copied = !(means.is_same(means3D) && opac.is_same(opacities) && view.is_same(viewmatrix) &&
+               proj.is_same(projmatrix) && campos.is_same(campos_) && bg.is_same(bg_) &&
+               same(shs, shs_) && same(colors, colors_) && same(scales, scales_) &&
+               same(rots, rots_) && same(cov3D, cov3D_));
   }
 };
 
@@ -164,11 +213,12 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
                                 const at::Tensor& viewmatrix, const at::Tensor& projmatrix,
                                 const at::Tensor& campos, const at::Tensor& bg, int64_t W,
                                 int64_t H, double tanfovx, double tanfovy, double scale_modifier,
-                                int64_t sh_degree, bool need_backward) {
+                                int64_t sh_degree, bool need_backward, int seg) {
   const Prepared p(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix, projmatrix,
                    campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree);
   const int N = p.N;
-  const Cam& cam = p.cam;
+  Cam cam = p.cam;
+  cam.seg = seg;
   const auto fopt = p.means.options();
   const auto iopt = fopt.dtype(at::kInt);
   const int num_tiles = cam.grid_x * cam.grid_y;
@@ -183,13 +233,14 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
                                   tile_lists_zeroed_ints(num_tiles) * sizeof(int), p.stream));
   at::Tensor point_list;
   int R = 0;
+  ListStats st{};
   if (N > 0) {
     at::Tensor scratch = at::empty({(int64_t)N * kScratchWords}, iopt);
     const Scratch s = scratch_at(scratch.data_ptr<int>(), N);
     STGA_CUDA_CHECK(launch_preprocess(N, cam, p.in, geom, s, radii.data_ptr<int>(), lists,
                                       p.stream));
     // The one host sync: the entry count sizes the lists.
-    const ListStats st = read_stats(lists, p.stream);
+    st = read_stats(lists, p.stream);
     TORCH_CHECK(st.entries <= (unsigned long long)std::numeric_limits<int>::max(),
                 "STGA rasterizer: the Gaussians cover more than 2^31 (tile, Gaussian) pairs; "
                 "render fewer or smaller Gaussians, or a smaller image");
@@ -211,23 +262,29 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
     point_list = at::empty({0}, iopt);
   }
 
+  // Allocated only now: the sort's keys and the scratch are gone (lower forward peak memory).
   at::Tensor color = at::empty({3, H, W}, fopt);
   at::Tensor final_T = at::empty({H, W}, fopt);
   at::Tensor last = at::empty({H, W}, iopt);
   at::Tensor ckpt, work;
-  BwdSplit split{nullptr, nullptr, lists.work_counters};
+  BwdSplit split{nullptr, nullptr, 0, lists.work_counters, lists.ckpt_base};
   // The backward's split along the lists (off only for measurements; results agree to float
-  // rounding either way).
-  const char* no_split = std::getenv("STGA_RASTER_NO_SPLIT");
-  if (need_backward && R > 0 && !(no_split != nullptr && no_split[0] == '1')) {
-    ckpt = at::empty({(int64_t)(ckpt_slots(R) * kBlockPixels * 4)}, fopt);
-    work = at::empty({(int64_t)(work_capacity(R, num_tiles) * 2)}, iopt);
+  // rounding either way). A checkpoint buffer exists even when no list needs one, since a
+  // non-null ckpt is what tells the kernels that the split is on.
+  if (need_backward && R > 0 && !switched("STGA_RASTER_NO_SPLIT")) {
+    ckpt = at::empty({(int64_t)std::max(st.ckpt_slots, 1) * kBlockPixels * 4}, fopt);
+    split.capacity = work_capacity(num_tiles, st.ckpt_slots);
+    work = at::empty({(int64_t)split.capacity * 2}, iopt);
     split.ckpt = reinterpret_cast<float4*>(ckpt.data_ptr<float>());
     split.work = reinterpret_cast<int2*>(work.data_ptr<int>());
   }
-  STGA_CUDA_CHECK(launch_render_forward(cam, (const int*)lists.ranges, point_list.data_ptr<int>(),
-                                        geom, color.data_ptr<float>(), final_T.data_ptr<float>(),
-                                        last.data_ptr<int>(), split, p.stream));
+  // Longest lists first (the layout wrote the order; none without Gaussians); index order only
+  // for measurements.
+  const int* order = (N > 0 && !switched("STGA_RASTER_NO_ORDER")) ? lists.order : nullptr;
+  STGA_CUDA_CHECK(launch_render_forward(cam, (const int*)lists.ranges, order,
+                                        point_list.data_ptr<int>(), geom, color.data_ptr<float>(),
+                                        final_T.data_ptr<float>(), last.data_ptr<int>(), split,
+                                        p.stream));
   return {color, radii, geom_t, point_list, lists_t, final_T, last, ckpt, work};
 }
 
@@ -235,9 +292,10 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
 // from part 2 so that the caller can free the forward's buffers before the gradients are
 // allocated (lower peak memory).
 at::Tensor backward_render(const at::Tensor& grad_color, const at::Tensor& means3D,
-                           const at::Tensor& bg, int64_t W, int64_t H, const at::Tensor& geom_t,
-                           const at::Tensor& point_list, const at::Tensor& lists,
-                           const at::Tensor& final_T, const at::Tensor& last,
+                           const at::Tensor& bg, int64_t W, int64_t H, int64_t seg,
+                           const at::Tensor& geom_t, const at::Tensor& point_list,
+                           const at::Tensor& lists, const at::Tensor& final_T,
+                           const at::Tensor& last,
                            const std::optional<at::Tensor>& ckpt,
                            const std::optional<at::Tensor>& work) {
   const c10::cuda::CUDAGuard guard(means3D.device());
@@ -248,16 +306,19 @@ at::Tensor backward_render(const at::Tensor& grad_color, const at::Tensor& means
   TORCH_CHECK(bgf.numel() == 3, "bg must have 3 elements");
   Cam cam = image_cam(W, H);
   cam.bg = bgf.data_ptr<float>();
+  cam.seg = (int)seg;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor dcolor = as_f32(grad_color, dev);
   TORCH_CHECK(dcolor.numel() == 3 * H * W, "grad of color must be (3,H,W)");
   const int R = (int)point_list.numel();
   const int num_tiles = cam.grid_x * cam.grid_y;
   TORCH_CHECK(lists.numel() == (int64_t)tile_lists_ints(num_tiles), "tile lists size mismatch");
-  BwdSplit split{nullptr, nullptr, tile_lists_at(lists.data_ptr<int>(), num_tiles).work_counters};
+  const TileLists tl = tile_lists_at(lists.data_ptr<int>(), num_tiles);
+  BwdSplit split{nullptr, nullptr, 0, tl.work_counters, tl.ckpt_base};
   if (present(ckpt) && present(work)) {
     split.ckpt = reinterpret_cast<float4*>(ckpt->data_ptr<float>());
     split.work = reinterpret_cast<int2*>(work->data_ptr<int>());
+    split.capacity = (size_t)work->numel() / 2;
   }
   at::Tensor acc = at::empty({(int64_t)N * kGradSlots}, means3D.options().dtype(at::kFloat));
   STGA_CUDA_CHECK(launch_backward_render(N, cam, lists.data_ptr<int>(), point_list.data_ptr<int>(),
@@ -269,20 +330,10 @@ at::Tensor backward_render(const at::Tensor& grad_color, const at::Tensor& means
 }
 
 // Backward, part 2: the chain rule per Gaussian from the accumulated gradients to the inputs.
-std::vector<at::Tensor> backward_preprocess(const at::Tensor& acc, const at::Tensor& means3D,
-                                            const at::Tensor& opacities,
-                                            const std::optional<at::Tensor>& shs,
-                                            const std::optional<at::Tensor>& colors,
-                                            const std::optional<at::Tensor>& scales,
-                                            const std::optional<at::Tensor>& rots,
-                                            const std::optional<at::Tensor>& cov3D,
-                                            const at::Tensor& viewmatrix,
-                                            const at::Tensor& projmatrix, const at::Tensor& campos,
-                                            const at::Tensor& bg, int64_t W, int64_t H,
-                                            double tanfovx, double tanfovy, double scale_modifier,
-                                            int64_t sh_degree, const at::Tensor& radii) {
-  const Prepared p(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix, projmatrix,
-                   campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree);
+// Called right after backward_render; `after_blending`: it launched the blending kernel (there
+// were list entries), which is then the stream's previous kernel unless `p` converted inputs.
+std::vector<at::Tensor> backward_preprocess(const at::Tensor& acc, const Prepared& p,
+                                            const at::Tensor& radii, bool after_blending) {
   const int N = p.N;
   const Cam& cam = p.cam;
   const auto fopt = p.means.options();
@@ -307,8 +358,12 @@ std::vector<at::Tensor> backward_preprocess(const at::Tensor& acc, const at::Ten
     g.scales = d_scales.data_ptr<float>();
     g.rots = d_rots.data_ptr<float>();
   }
+  // Overlapped with the end of the blending pass (sm_90 and later; off only for measurements),
+  // unless a conversion kernel came between them.
+  const bool overlap = after_blending && !p.copied && device_info().major >= 9 &&
+                       !switched("STGA_RASTER_NO_OVERLAP");
   STGA_CUDA_CHECK(launch_backward_preprocess(N, cam, p.in, radii.data_ptr<int>(),
-                                             acc.data_ptr<float>(), g, p.stream));
+                                             acc.data_ptr<float>(), g, overlap, p.stream));
   return {d_means, d_means2D, d_opac, d_shs, d_colors, d_scales, d_rots, d_cov3D};
 }
 
@@ -342,10 +397,11 @@ class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
       const at::Tensor& viewmatrix, const at::Tensor& projmatrix, const at::Tensor& campos,
       const at::Tensor& bg, int64_t W, int64_t H, double tanfovx, double tanfovy,
       double scale_modifier, int64_t sh_degree, bool need_backward) {
+    const int seg = segment_length();
     std::vector<at::Tensor> out =
         stga::forward(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix,
                       projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree,
-                      need_backward);
+                      need_backward, seg);
     const at::Tensor& radii = out[1];
     ctx->save_for_backward({means3D, opacities, opt_or_undef(shs), opt_or_undef(colors),
                             opt_or_undef(scales), opt_or_undef(rots), opt_or_undef(cov3D), radii,
@@ -357,6 +413,7 @@ class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
     d["tanfovy"] = tanfovy;
     d["scale_modifier"] = scale_modifier;
     d["sh_degree"] = sh_degree;
+    d["seg"] = (int64_t)seg;
     d["means2D_dtype"] = (int64_t)means2D.scalar_type();
     // Held outside save_for_backward so that backward can drop them before it allocates the
     // gradients (lower peak memory).
@@ -384,19 +441,24 @@ class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
     const double sm = d["scale_modifier"].toDouble();
     const auto m2d_dtype = (at::ScalarType)d["means2D_dtype"].toInt();
     at::Tensor acc;
+    bool blended = false;
     {
       std::vector<at::Tensor> st;
       for (const char* k : kStateKeys) {
         st.push_back(d[k].toTensor());
         d.erase(k);
       }
-      acc = backward_render(grad_color, means3D, bg, W, H, st[0], st[1], st[2], st[3], st[4],
-                            undef_to_opt(st[5]), undef_to_opt(st[6]));
+      acc = backward_render(grad_color, means3D, bg, W, H, d["seg"].toInt(), st[0], st[1], st[2],
+                            st[3], st[4], undef_to_opt(st[5]), undef_to_opt(st[6]));
+      blended = means3D.size(0) > 0 && st[1].numel() > 0;  // point_list: entries
     }  // the forward's buffers are released here, before the gradients exist
-    std::vector<at::Tensor> g = backward_preprocess(
-        acc, means3D, opacities, undef_to_opt(v[2]), undef_to_opt(v[3]), undef_to_opt(v[4]),
-        undef_to_opt(v[5]), undef_to_opt(v[6]), view, proj, campos, bg, W, H, tx, ty, sm, deg,
-        radii);
+    std::vector<at::Tensor> g;
+    {
+      const Prepared p(means3D, opacities, undef_to_opt(v[2]), undef_to_opt(v[3]),
+                       undef_to_opt(v[4]), undef_to_opt(v[5]), undef_to_opt(v[6]), view, proj,
+                       campos, bg, W, H, tx, ty, sm, deg);
+      g = backward_preprocess(acc, p, radii, blended);
+    }
     acc.reset();
     result[0] = cast_to(g[0], means3D.scalar_type());
     result[1] = cast_to(g[1], m2d_dtype);
