@@ -175,6 +175,12 @@ __device__ __forceinline__ unsigned warp_increment(unsigned* counter, int cls) {
   return base + (unsigned)__popc(peers & ((1u << lane) - 1u));
 }
 
+// Checkpoint slots of a list of n entries: one per segment boundary inside it (positions k seg,
+// 0 < k seg < n).
+__device__ __forceinline__ unsigned ckpt_slots_of(unsigned n, int seg) {
+  return n > 0 ? (n - 1u) / (unsigned)seg : 0u;
+}
+
 // Run by the preprocessing's last block (256 threads), once every tile's count is in its cursor:
 // each tile's range and its cursor set to its start (the emission advances the cursors), the
 // lists of non-empty and of long tiles, each tile's first checkpoint slot, the blending order of
@@ -201,7 +207,7 @@ __device__ void layout_lists(int T, int seg, const TileLists& l) {
       at[1] += c[k] > 0 ? 1u : 0u;
       at[2] += is_long ? 1u : 0u;
       at[3] += is_long ? c[k] : 0u;
-      at[4] += c[k] > 0 ? (c[k] - 1u) / (unsigned)seg : 0u;
+      at[4] += ckpt_slots_of(c[k], seg);
       longest = max(longest, (int)c[k]);
     }
     unsigned total[5];
@@ -217,7 +223,7 @@ __device__ void layout_lists(int T, int seg, const TileLists& l) {
       l.cursors[(size_t)t * kCursorStride] = (int)at[0];
       at[0] += c[k];
       l.ckpt_base[t] = (int)at[4];
-      at[4] += c[k] > 0 ? (c[k] - 1u) / (unsigned)seg : 0u;
+      at[4] += ckpt_slots_of(c[k], seg);
       if (c[k] > 0) l.nonempty[at[1]++] = t;
       if (c[k] > (unsigned)kSortChunk) {
         l.long_tiles[at[2]] = t;

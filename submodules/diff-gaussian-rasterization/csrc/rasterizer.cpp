@@ -450,7 +450,7 @@ class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
       }
       acc = backward_render(grad_color, means3D, bg, W, H, d["seg"].toInt(), st[0], st[1], st[2],
                             st[3], st[4], undef_to_opt(st[5]), undef_to_opt(st[6]));
-      blended = means3D.size(0) > 0 && st[1].numel() > 0;  // point_list: entries
+      blended = st[1].numel() > 0;  // point_list: there were entries to blend
     }  // the forward's buffers are released here, before the gradients exist
     std::vector<at::Tensor> g;
     {
