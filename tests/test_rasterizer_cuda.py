@@ -287,6 +287,27 @@ def test_equal_depths_in_index_order():
     check(s, pick(scene), seed=25)
 
 
+@pytest.mark.parametrize("copies", [2, 3, 5])
+def test_few_equal_depths_in_index_order(copies):
+    # A few ties per tile list (the common case: two depths that round to the same float) are put
+    # in index order by a shorter path than many ties (above): 12 means shared by `copies`
+    # Gaussians each, the copies scattered over the indices, among 1500 distinct ones.
+    s = make_settings(96, 64, seed=26)
+    scene = random_scene(1500, seed=26, scale=(0.02, 0.06), opacity=(0.3, 0.9))
+    g = torch.Generator().manual_seed(26 + copies)
+    slots = torch.randperm(1500, generator=g)[:12 * copies].view(12, copies)
+    for row in slots:
+        scene["means3D"][row] = scene["means3D"][row[0]].clone()
+    check(s, pick(scene), seed=26)
+
+
+def test_more_tiles_than_the_layout_keeps_in_shared_memory():
+    # The list layout keeps each tile's length class in shared memory for up to 8192 tiles; this
+    # image has 132 x 69 = 9108, and the tiles' order is built from their ranges instead.
+    s = make_settings(2100, 1100, seed=27, dist=2.5)
+    check(s, pick(random_scene(3000, seed=27, scale=(0.005, 0.03))), seed=27)
+
+
 def test_larger_image_many_gaussians():
     s = make_settings(802, 550, cx_off=0.03, cy_off=0.02, seed=17, dist=2.0)
     check(s, pick(random_scene(20000, seed=17, scale=(0.003, 0.02))), seed=17)

@@ -11,6 +11,9 @@
 // summed over each warp and added to a per-Gaussian accumulator, then one thread per Gaussian for
 // the chain rule to the inputs (started while the blending finishes, on sm_90).
 #include <cub/block/block_radix_sort.cuh>
+
+#include <algorithm>
+#include <climits>
 #include <type_traits>
 
 #include "kernels.h"
@@ -183,14 +186,19 @@ __device__ __forceinline__ unsigned ckpt_slots_of(unsigned n, int seg) {
 
 // Run by the preprocessing's last block (256 threads), once every tile's count is in its cursor:
 // each tile's range and its cursor set to its start (the emission advances the cursors), the
-// lists of non-empty and of long tiles, each tile's first checkpoint slot, the blending order of
-// the tiles, and ListStats (but entries). Unsigned sums: if there are more than 2^31 entries the
-// host stops before using any of this.
+// list of long tiles, each tile's first checkpoint slot, the order of the tiles by list length
+// (for the sort and the blending), and ListStats (but entries). Unsigned sums: if there are more
+// than 2^31 entries the host stops before using any of this.
 __device__ void layout_lists(int T, int seg, const TileLists& l) {
   constexpr int kItems = 8;
   __shared__ unsigned s_class[kLengthClasses];  // tiles per class, then the class's next slot
   for (int c = threadIdx.x; c < kLengthClasses; c += blockDim.x) s_class[c] = 0u;
   __syncthreads();
+  // Each tile's length class, kept for the order below (when there are at most kKeptClasses
+  // tiles; else the order reads the lengths back from the ranges).
+  constexpr int kKeptClasses = 8192;
+  __shared__ unsigned char s_tile_class[kKeptClasses];
+  static_assert(kLengthClasses <= 256, "classes fit a byte");
   // entries, non-empty tiles, long tiles, long entries, checkpoint slots
   unsigned carry[5] = {0u, 0u, 0u, 0u, 0u};
   int longest = 0;
@@ -217,14 +225,15 @@ __device__ void layout_lists(int T, int seg, const TileLists& l) {
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
       const int t = first + k;
-      warp_increment(s_class, t < T ? length_class(c[k]) : -1);
+      const int cls = t < T ? length_class(c[k]) : -1;
+      warp_increment(s_class, cls);
       if (t >= T) continue;
+      if (t < kKeptClasses) s_tile_class[t] = (unsigned char)cls;
       l.ranges[t] = make_int2((int)at[0], (int)(at[0] + c[k]));
       l.cursors[(size_t)t * kCursorStride] = (int)at[0];
       at[0] += c[k];
       l.ckpt_base[t] = (int)at[4];
       at[4] += ckpt_slots_of(c[k], seg);
-      if (c[k] > 0) l.nonempty[at[1]++] = t;
       if (c[k] > (unsigned)kSortChunk) {
         l.long_tiles[at[2]] = t;
         l.long_offset[at[2]++] = (int)at[3];
@@ -247,20 +256,33 @@ __device__ void layout_lists(int T, int seg, const TileLists& l) {
     l.stats->long_entries = (int)carry[3];
     l.stats->longest = longest;
     l.stats->ckpt_slots = (int)carry[4];
-    unsigned run = 0u;  // classes in decreasing order: each class's first slot in the order
-    for (int c = kLengthClasses - 1; c >= 0; --c) {
-      const unsigned n = s_class[c];
-      s_class[c] = run;
-      run += n;
+  }
+  if (threadIdx.x < 32) {  // each class's first slot in the order: classes in decreasing order
+    static_assert(kLengthClasses == 64, "two classes per lane");
+    const int lane = threadIdx.x, hi = kLengthClasses - 1 - 2 * lane, lo = hi - 1;
+    const unsigned n_hi = s_class[hi], n_lo = s_class[lo];
+    unsigned inc = n_hi + n_lo;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const unsigned x = __shfl_up_sync(kFull, inc, off);
+      if (lane >= off) inc += x;
     }
+    const unsigned before = inc - n_hi - n_lo;
+    s_class[hi] = before;
+    s_class[lo] = before + n_hi;
   }
   __syncthreads();
+  const bool kept = T <= kKeptClasses;
   for (int base = 0; base < T; base += 256) {
     const int t = base + threadIdx.x;
     int cls = -1;
     if (t < T) {
-      const int2 r = l.ranges[t];
-      cls = length_class((unsigned)(r.y - r.x));
+      if (kept) {
+        cls = s_tile_class[t];
+      } else {
+        const int2 r = l.ranges[t];
+        cls = length_class((unsigned)(r.y - r.x));
+      }
     }
     const unsigned slot = warp_increment(s_class, cls);
     if (t < T) l.order[slot] = t;
@@ -269,9 +291,9 @@ __device__ void layout_lists(int T, int seg, const TileLists& l) {
 
 // Sorting one chunk of a tile's list (at most kSortChunk entries) in a block: a stable radix sort
 // of the depth keys (only the bits that vary within the chunk), carrying the Gaussian indices.
-// Equal depths (clones, planes facing the camera) are then put in index order by two more stable
-// sorts, by index and again by depth, only in chunks that have them.
+// Equal depths are then put in index order (below).
 constexpr int kSortThreads = 256;
+constexpr int kTiePasses = 64;  // ties in a chunk beyond this bound take the two extra sorts
 static_assert(kSortChunk == 4 * kSortThreads, "chunks: up to 4 entries per thread");
 template <int ITEMS>
 using ChunkRadixSort = cub::BlockRadixSort<unsigned, kSortThreads, ITEMS, unsigned>;
@@ -342,21 +364,39 @@ __device__ void sort_chunk(const unsigned long long* __restrict__ src, int len,
     __syncthreads();
   };
   store();
-  bool tie = false;
+  // Runs of equal keys are still in emission order, which is arbitrary. They are common (depths
+  // that round to the same float: a few per long chunk) and short, so an odd-even transposition
+  // pass over the equal neighbours, repeated as many times as the longest run can be long, puts
+  // them in index order. Many ties (clones) take two more stable sorts instead.
+  int ties = 0;
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
     const int p = threadIdx.x * ITEMS + i;
-    if (p > 0 && p < len && s.out.key[p] == s.out.key[p - 1]) tie = true;
+    if (p > 0 && p < len && s.out.key[p] == s.out.key[p - 1]) ++ties;
   }
-  if (__syncthreads_or(tie)) {
-    Sort(temp).Sort(v, k, 0, 32);  // by index ...
-    __syncthreads();
-    if (bits > 0) {
-      Sort(temp).Sort(k, v, 0, bits);  // ... then stably by depth
+  const int tie_threads = __syncthreads_count(ties > 0);
+  if (tie_threads == 0) return;
+  const int passes = tie_threads * ITEMS + 1;  // bounds the longest run
+  if (passes <= kTiePasses) {
+    for (int pass = 0; pass < passes; ++pass) {
+      for (int p = 2 * threadIdx.x + (pass & 1); p + 1 < len; p += 2 * kSortThreads) {
+        const unsigned a = s.out.idx[p], b = s.out.idx[p + 1];
+        if (a > b && s.out.key[p] == s.out.key[p + 1]) {
+          s.out.idx[p] = b;
+          s.out.idx[p + 1] = a;
+        }
+      }
       __syncthreads();
     }
-    store();
+    return;
   }
+  Sort(temp).Sort(v, k, 0, 32);  // by index ...
+  __syncthreads();
+  if (bits > 0) {
+    Sort(temp).Sort(k, v, 0, bits);  // ... then stably by depth
+    __syncthreads();
+  }
+  store();
 }
 
 // Number of elements of the sorted a[0, n) below key.
@@ -470,16 +510,18 @@ emit_kernel(int N, int grid_x, int cull, const ushort4* __restrict__ rect,
   });
 }
 
-// Block (x, y) sorts chunk y of the x-th non-empty tile's list. A list of one chunk goes straight
-// to point_list; longer lists are written back as sorted runs for merge_runs_kernel.
+// Block b sorts chunks b % slots, + slots, ... of the list of the (b / slots)-th tile of `order`
+// (longest lists first, so that the blocks of the long lists, which take longest, start first).
+// A list of one chunk goes straight to point_list; longer lists are written back as sorted runs
+// for merge_runs_kernel.
 __global__ void __launch_bounds__(kSortThreads)
-sort_chunks_kernel(const int* __restrict__ tiles, const int2* __restrict__ ranges,
+sort_chunks_kernel(const int* __restrict__ order, int slots, const int2* __restrict__ ranges,
                    unsigned long long* __restrict__ keys, int* __restrict__ point_list) {
   __shared__ ChunkSortStorage s;
   __shared__ unsigned key_min, key_max;
-  const int2 r = ranges[tiles[blockIdx.x]];
+  const int2 r = ranges[order[blockIdx.x / slots]];
   const int n = r.y - r.x;
-  for (int c = blockIdx.y; (long long)c * kSortChunk < n; c += gridDim.y) {
+  for (int c = blockIdx.x % slots; (long long)c * kSortChunk < n; c += slots) {
     const int off = r.x + c * kSortChunk;
     const int len = min(kSortChunk, n - c * kSortChunk);
     if (len <= kSortThreads) {
@@ -968,9 +1010,12 @@ cudaError_t launch_sort_lists(const TileLists& lists, const ListStats& stats,
                               unsigned long long* keys, unsigned long long* merge_buffer,
                               int* point_list, cudaStream_t stream) {
   if (stats.entries == 0 || stats.nonempty <= 0) return cudaSuccess;
+  // The non-empty tiles lead the blending order. One block per chunk (of the longest list),
+  // unless that would make more than 2^31 blocks.
   const int chunks = cdiv(stats.longest, kSortChunk);
-  sort_chunks_kernel<<<dim3(stats.nonempty, chunks < 65535 ? chunks : 65535), kSortThreads, 0,
-                       stream>>>(lists.nonempty, lists.ranges, keys, point_list);
+  const int slots = std::min(chunks, std::max(1, INT_MAX / stats.nonempty));
+  sort_chunks_kernel<<<stats.nonempty * slots, kSortThreads, 0, stream>>>(
+      lists.order, slots, lists.ranges, keys, point_list);
   STGA_TRY(cudaGetLastError());
   const int passes = merge_passes(stats.longest);
   const int ys = cdiv(stats.longest, 256);

@@ -67,16 +67,15 @@ constexpr int kCursorStride = 8;
 //   [2T+8, 2T+10)    the backward's work-list counters (see BwdSplit)
 //   [2T+10]          blocks of the preprocessing done (its last block lays out the lists)
 //   [C, C+8T)        the tiles' counters / cursors (kCursorStride apart), C = cursor_base(T)
-//   [C+8T, C+13T)    the non-empty tiles, the long tiles, each long tile's offset in the
-//                    merge buffer, each tile's first checkpoint slot, and the blending order
-//                    of the tiles (longest lists first) (T words each)
+//   [C+8T, C+12T)    the long tiles, each long tile's offset in the merge buffer, each tile's
+//                    first checkpoint slot, and the order of the tiles by list length, longest
+//                    first (the non-empty tiles lead it) (T words each)
 struct TileLists {
   int2* ranges;
   ListStats* stats;
   int* work_counters;
   unsigned* blocks_done;
   int* cursors;
-  int* nonempty;
   int* long_tiles;
   int* long_offset;
   int* ckpt_base;
@@ -84,7 +83,7 @@ struct TileLists {
 };
 inline size_t cursor_base(int T) { return (2 * (size_t)T + 11 + 31) / 32 * 32; }
 inline size_t tile_lists_zeroed_ints(int T) { return cursor_base(T) + kCursorStride * (size_t)T; }
-inline size_t tile_lists_ints(int T) { return tile_lists_zeroed_ints(T) + 5 * (size_t)T; }
+inline size_t tile_lists_ints(int T) { return tile_lists_zeroed_ints(T) + 4 * (size_t)T; }
 inline TileLists tile_lists_at(int* base, int T) {
   const size_t t = (size_t)T, c = cursor_base(T);
   TileLists l;
@@ -93,8 +92,7 @@ inline TileLists tile_lists_at(int* base, int T) {
   l.work_counters = base + 2 * t + 8;
   l.blocks_done = reinterpret_cast<unsigned*>(base + 2 * t + 10);
   l.cursors = base + c;
-  l.nonempty = base + c + kCursorStride * t;
-  l.long_tiles = l.nonempty + t;
+  l.long_tiles = base + c + kCursorStride * t;
   l.long_offset = l.long_tiles + t;
   l.ckpt_base = l.long_offset + t;
   l.order = l.ckpt_base + t;
@@ -102,8 +100,8 @@ inline TileLists tile_lists_at(int* base, int T) {
 }
 
 // Per-Gaussian preprocessing. Also counts each tile's entries and, in its last block, lays out
-// the lists (ranges, cursors, the non-empty and the long tiles, checkpoint slots, the blending
-// order, ListStats).
+// the lists (ranges, cursors, the long tiles, checkpoint slots, the tiles' order by length,
+// ListStats).
 cudaError_t launch_preprocess(int N, const Cam& cam, const GaussIn& in, const Geom& geom,
                               const Scratch& s, int* radii, const TileLists& lists,
                               cudaStream_t stream);

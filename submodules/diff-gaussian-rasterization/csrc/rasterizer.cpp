@@ -204,16 +204,58 @@ ListStats read_stats(const TileLists& lists, cudaStream_t stream) {
   return *pinned;
 }
 
-std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opacities,
-                                const std::optional<at::Tensor>& shs,
-                                const std::optional<at::Tensor>& colors,
-                                const std::optional<at::Tensor>& scales,
-                                const std::optional<at::Tensor>& rots,
-                                const std::optional<at::Tensor>& cov3D,
-                                const at::Tensor& viewmatrix, const at::Tensor& projmatrix,
-                                const at::Tensor& campos, const at::Tensor& bg, int64_t W,
-                                int64_t H, double tanfovx, double tanfovy, double scale_modifier,
-                                int64_t sh_degree, bool need_backward, int seg) {
+// The forward's per-Gaussian and per-tile state that the backward reads, in one int32
+// allocation: Geom (N x kGeomFloats floats), then TileLists (tile_lists_ints(T) words) at a
+// 16-byte boundary.
+size_t geom_words(int N) { return ((size_t)N * kGeomFloats + 3) / 4 * 4; }
+size_t state_ints(int N, int T) { return geom_words(N) + tile_lists_ints(T); }
+Geom state_geom(int* base, int N) { return geom_at(reinterpret_cast<float*>(base), N); }
+TileLists state_lists(int* base, int N, int T) { return tile_lists_at(base + geom_words(N), T); }
+
+// The blending's per-pixel state that the backward reads, in one int32 allocation: the split's
+// checkpoints (BwdSplit; ckpt_slots >= 0 when the split is on, and then at least one slot, since
+// a non-null ckpt is what tells the kernels that the split is on), the final transmittance and
+// the last contributor (H x W each), and the split's work list.
+struct PixelState {
+  float* final_T;
+  int* last;
+  BwdSplit split;
+};
+size_t ckpt_ints(int ckpt_slots) {
+  return ckpt_slots < 0 ? 0 : (size_t)std::max(ckpt_slots, 1) * kBlockPixels * 4;
+}
+size_t pixel_state_ints(int64_t HW, int T, int ckpt_slots) {
+  return ckpt_ints(ckpt_slots) + 2 * (size_t)HW +
+         (ckpt_slots < 0 ? 0 : 2 * work_capacity(T, ckpt_slots));
+}
+PixelState pixel_state_at(int* base, int64_t HW, int T, int ckpt_slots, const TileLists& lists) {
+  PixelState ps;
+  const size_t c = ckpt_ints(ckpt_slots);
+  ps.final_T = reinterpret_cast<float*>(base + c);
+  ps.last = base + c + HW;
+  ps.split = BwdSplit{nullptr, nullptr, 0, lists.work_counters, lists.ckpt_base};
+  if (ckpt_slots >= 0) {
+    ps.split.ckpt = reinterpret_cast<float4*>(base);
+    ps.split.work = reinterpret_cast<int2*>(base + c + 2 * HW);  // 8-byte aligned: c, 2HW even
+    ps.split.capacity = work_capacity(T, ckpt_slots);
+  }
+  return ps;
+}
+
+// What the forward hands to the autograd function: the outputs, the state the backward reads,
+// and the split's checkpoint slots (-1: no split).
+struct ForwardOut {
+  at::Tensor color, radii, state, point_list, pixels;
+  int ckpt_slots;
+};
+
+ForwardOut forward(const at::Tensor& means3D, const at::Tensor& opacities,
+                   const std::optional<at::Tensor>& shs, const std::optional<at::Tensor>& colors,
+                   const std::optional<at::Tensor>& scales, const std::optional<at::Tensor>& rots,
+                   const std::optional<at::Tensor>& cov3D, const at::Tensor& viewmatrix,
+                   const at::Tensor& projmatrix, const at::Tensor& campos, const at::Tensor& bg,
+                   int64_t W, int64_t H, double tanfovx, double tanfovy, double scale_modifier,
+                   int64_t sh_degree, bool need_backward, int seg) {
   const Prepared p(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix, projmatrix,
                    campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree);
   const int N = p.N;
@@ -223,21 +265,19 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
   const auto iopt = fopt.dtype(at::kInt);
   const int num_tiles = cam.grid_x * cam.grid_y;
 
-  at::Tensor radii = at::empty({N}, iopt);
-  at::Tensor geom_t = at::empty({(int64_t)N * kGeomFloats}, fopt);
-  const Geom geom = geom_at(geom_t.data_ptr<float>(), N);
-  // The tile lists' bookkeeping (ranges, counters, tile lists; kernels.h), kept for the backward.
-  at::Tensor lists_t = at::empty({(int64_t)tile_lists_ints(num_tiles)}, iopt);
-  const TileLists lists = tile_lists_at(lists_t.data_ptr<int>(), num_tiles);
-  STGA_CUDA_CHECK(cudaMemsetAsync(lists_t.data_ptr<int>(), 0,
+  ForwardOut out;
+  out.radii = at::empty({N}, iopt);
+  out.state = at::empty({(int64_t)state_ints(N, num_tiles)}, iopt);
+  const Geom geom = state_geom(out.state.data_ptr<int>(), N);
+  const TileLists lists = state_lists(out.state.data_ptr<int>(), N, num_tiles);
+  STGA_CUDA_CHECK(cudaMemsetAsync(reinterpret_cast<int*>(lists.ranges), 0,
                                   tile_lists_zeroed_ints(num_tiles) * sizeof(int), p.stream));
-  at::Tensor point_list;
   int R = 0;
   ListStats st{};
   if (N > 0) {
     at::Tensor scratch = at::empty({(int64_t)N * kScratchWords}, iopt);
     const Scratch s = scratch_at(scratch.data_ptr<int>(), N);
-    STGA_CUDA_CHECK(launch_preprocess(N, cam, p.in, geom, s, radii.data_ptr<int>(), lists,
+    STGA_CUDA_CHECK(launch_preprocess(N, cam, p.in, geom, s, out.radii.data_ptr<int>(), lists,
                                       p.stream));
     // The one host sync: the entry count sizes the lists.
     st = read_stats(lists, p.stream);
@@ -245,47 +285,38 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
                 "STGA rasterizer: the Gaussians cover more than 2^31 (tile, Gaussian) pairs; "
                 "render fewer or smaller Gaussians, or a smaller image");
     R = (int)st.entries;
-    point_list = at::empty({R}, iopt);
+    out.point_list = at::empty({R}, iopt);
     if (R > 0) {
-      at::Tensor keys = at::empty({R}, fopt.dtype(at::kLong));
+      // the entries' keys, then the merge passes' buffer (if the lists need one)
+      const size_t mb = merge_buffer_entries(st);
+      at::Tensor keys = at::empty({(int64_t)(R + mb)}, fopt.dtype(at::kLong));
       auto* const kp = reinterpret_cast<unsigned long long*>(keys.data_ptr<int64_t>());
       STGA_CUDA_CHECK(launch_emit(N, cam, geom, s, lists, kp, p.stream));
       scratch.reset();
-      const size_t mb = merge_buffer_entries(st);
-      at::Tensor merge = mb ? at::empty({(int64_t)mb}, fopt.dtype(at::kLong)) : at::Tensor();
-      STGA_CUDA_CHECK(launch_sort_lists(
-          lists, st, kp,
-          mb ? reinterpret_cast<unsigned long long*>(merge.data_ptr<int64_t>()) : nullptr,
-          point_list.data_ptr<int>(), p.stream));
+      STGA_CUDA_CHECK(launch_sort_lists(lists, st, kp, mb ? kp + R : nullptr,
+                                        out.point_list.data_ptr<int>(), p.stream));
     }
   } else {
-    point_list = at::empty({0}, iopt);
+    out.point_list = at::empty({0}, iopt);
   }
 
   // Allocated only now: the sort's keys and the scratch are gone (lower forward peak memory).
-  at::Tensor color = at::empty({3, H, W}, fopt);
-  at::Tensor final_T = at::empty({H, W}, fopt);
-  at::Tensor last = at::empty({H, W}, iopt);
-  at::Tensor ckpt, work;
-  BwdSplit split{nullptr, nullptr, 0, lists.work_counters, lists.ckpt_base};
+  out.color = at::empty({3, H, W}, fopt);
   // The backward's split along the lists (off only for measurements; results agree to float
-  // rounding either way). A checkpoint buffer exists even when no list needs one, since a
-  // non-null ckpt is what tells the kernels that the split is on.
-  if (need_backward && R > 0 && !switched("STGA_RASTER_NO_SPLIT")) {
-    ckpt = at::empty({(int64_t)std::max(st.ckpt_slots, 1) * kBlockPixels * 4}, fopt);
-    split.capacity = work_capacity(num_tiles, st.ckpt_slots);
-    work = at::empty({(int64_t)split.capacity * 2}, iopt);
-    split.ckpt = reinterpret_cast<float4*>(ckpt.data_ptr<float>());
-    split.work = reinterpret_cast<int2*>(work.data_ptr<int>());
-  }
+  // rounding either way).
+  const bool split = need_backward && R > 0 && !switched("STGA_RASTER_NO_SPLIT");
+  out.ckpt_slots = split ? st.ckpt_slots : -1;
+  out.pixels = at::empty({(int64_t)pixel_state_ints(H * W, num_tiles, out.ckpt_slots)}, iopt);
+  const PixelState ps =
+      pixel_state_at(out.pixels.data_ptr<int>(), H * W, num_tiles, out.ckpt_slots, lists);
   // Longest lists first (the layout wrote the order; none without Gaussians); index order only
   // for measurements.
   const int* order = (N > 0 && !switched("STGA_RASTER_NO_ORDER")) ? lists.order : nullptr;
   STGA_CUDA_CHECK(launch_render_forward(cam, (const int*)lists.ranges, order,
-                                        point_list.data_ptr<int>(), geom, color.data_ptr<float>(),
-                                        final_T.data_ptr<float>(), last.data_ptr<int>(), split,
-                                        p.stream));
-  return {color, radii, geom_t, point_list, lists_t, final_T, last, ckpt, work};
+                                        out.point_list.data_ptr<int>(), geom,
+                                        out.color.data_ptr<float>(), ps.final_T, ps.last,
+                                        ps.split, p.stream));
+  return out;
 }
 
 // Backward, part 1: the blending pass, accumulating per-Gaussian screen-space gradients. Split
@@ -293,11 +324,8 @@ std::vector<at::Tensor> forward(const at::Tensor& means3D, const at::Tensor& opa
 // allocated (lower peak memory).
 at::Tensor backward_render(const at::Tensor& grad_color, const at::Tensor& means3D,
                            const at::Tensor& bg, int64_t W, int64_t H, int64_t seg,
-                           const at::Tensor& geom_t, const at::Tensor& point_list,
-                           const at::Tensor& lists, const at::Tensor& final_T,
-                           const at::Tensor& last,
-                           const std::optional<at::Tensor>& ckpt,
-                           const std::optional<at::Tensor>& work) {
+                           const at::Tensor& state, const at::Tensor& point_list,
+                           const at::Tensor& pixels, int ckpt_slots) {
   const c10::cuda::CUDAGuard guard(means3D.device());
   check_means(means3D);
   const int N = (int)means3D.size(0);
@@ -312,20 +340,17 @@ at::Tensor backward_render(const at::Tensor& grad_color, const at::Tensor& means
   TORCH_CHECK(dcolor.numel() == 3 * H * W, "grad of color must be (3,H,W)");
   const int R = (int)point_list.numel();
   const int num_tiles = cam.grid_x * cam.grid_y;
-  TORCH_CHECK(lists.numel() == (int64_t)tile_lists_ints(num_tiles), "tile lists size mismatch");
-  const TileLists tl = tile_lists_at(lists.data_ptr<int>(), num_tiles);
-  BwdSplit split{nullptr, nullptr, 0, tl.work_counters, tl.ckpt_base};
-  if (present(ckpt) && present(work)) {
-    split.ckpt = reinterpret_cast<float4*>(ckpt->data_ptr<float>());
-    split.work = reinterpret_cast<int2*>(work->data_ptr<int>());
-    split.capacity = (size_t)work->numel() / 2;
-  }
+  TORCH_CHECK(state.numel() == (int64_t)state_ints(N, num_tiles) &&
+                  pixels.numel() == (int64_t)pixel_state_ints(H * W, num_tiles, ckpt_slots),
+              "STGA rasterizer: the forward's state does not match the backward's call");
+  const TileLists tl = state_lists(state.data_ptr<int>(), N, num_tiles);
+  const PixelState ps = pixel_state_at(pixels.data_ptr<int>(), H * W, num_tiles, ckpt_slots, tl);
   at::Tensor acc = at::empty({(int64_t)N * kGradSlots}, means3D.options().dtype(at::kFloat));
-  STGA_CUDA_CHECK(launch_backward_render(N, cam, lists.data_ptr<int>(), point_list.data_ptr<int>(),
-                                         R, geom_at(geom_t.data_ptr<float>(), N),
-                                         final_T.data_ptr<float>(), last.data_ptr<int>(),
-                                         dcolor.data_ptr<float>(), split, acc.data_ptr<float>(),
-                                         stream));
+  STGA_CUDA_CHECK(launch_backward_render(N, cam, (const int*)tl.ranges,
+                                         point_list.data_ptr<int>(), R,
+                                         state_geom(state.data_ptr<int>(), N), ps.final_T,
+                                         ps.last, dcolor.data_ptr<float>(), ps.split,
+                                         acc.data_ptr<float>(), stream));
   return acc;
 }
 
@@ -382,8 +407,7 @@ std::optional<at::Tensor> undef_to_opt(const at::Tensor& t) {
 }
 
 // Buffers of the forward that the backward consumes, in backward_render's argument order.
-const char* const kStateKeys[] = {"geom", "point_list", "lists", "final_T", "last", "ckpt",
-                                  "work"};
+const char* const kStateKeys[] = {"state", "point_list", "pixels"};
 
 class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
  public:
@@ -398,11 +422,11 @@ class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
       const at::Tensor& bg, int64_t W, int64_t H, double tanfovx, double tanfovy,
       double scale_modifier, int64_t sh_degree, bool need_backward) {
     const int seg = segment_length();
-    std::vector<at::Tensor> out =
+    ForwardOut out =
         stga::forward(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix,
                       projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree,
                       need_backward, seg);
-    const at::Tensor& radii = out[1];
+    const at::Tensor& radii = out.radii;
     ctx->save_for_backward({means3D, opacities, opt_or_undef(shs), opt_or_undef(colors),
                             opt_or_undef(scales), opt_or_undef(rots), opt_or_undef(cov3D), radii,
                             viewmatrix, projmatrix, campos, bg});
@@ -414,14 +438,17 @@ class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
     d["scale_modifier"] = scale_modifier;
     d["sh_degree"] = sh_degree;
     d["seg"] = (int64_t)seg;
+    d["ckpt_slots"] = (int64_t)out.ckpt_slots;
     d["means2D_dtype"] = (int64_t)means2D.scalar_type();
     // Held outside save_for_backward so that backward can drop them before it allocates the
     // gradients (lower peak memory).
-    for (int k = 0; k < 7; ++k) d[kStateKeys[k]] = out[2 + k];
+    d[kStateKeys[0]] = std::move(out.state);
+    d[kStateKeys[1]] = std::move(out.point_list);
+    d[kStateKeys[2]] = std::move(out.pixels);
     ctx->mark_non_differentiable({radii});
     // radii never has a gradient: no zero tensor is materialised for it on every backward.
     ctx->set_materialize_grads(false);
-    return {cast_to(out[0], means3D.scalar_type()), radii};
+    return {cast_to(out.color, means3D.scalar_type()), radii};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -449,7 +476,7 @@ class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
         d.erase(k);
       }
       acc = backward_render(grad_color, means3D, bg, W, H, d["seg"].toInt(), st[0], st[1], st[2],
-                            st[3], st[4], undef_to_opt(st[5]), undef_to_opt(st[6]));
+                            (int)d["ckpt_slots"].toInt());
       blended = st[1].numel() > 0;  // point_list: there were entries to blend
     }  // the forward's buffers are released here, before the gradients exist
     std::vector<at::Tensor> g;
