@@ -287,15 +287,17 @@ def test_equal_depths_in_index_order():
     check(s, pick(scene), seed=25)
 
 
-@pytest.mark.parametrize("copies", [2, 3, 5])
+@pytest.mark.parametrize("copies", [2, 3, 4])
 def test_few_equal_depths_in_index_order(copies):
     # A few ties per tile list (the common case: two depths that round to the same float) are put
-    # in index order by a shorter path than many ties (above): 12 means shared by `copies`
-    # Gaussians each, the copies scattered over the indices, among 1500 distinct ones.
+    # in index order by a shorter path than many ties (above): means shared by `copies` Gaussians
+    # each, the copies scattered over the indices, among 1500 distinct ones. 12 ties in all, so
+    # that even a tile holding every one of them stays on that path (at most 64 passes).
     s = make_settings(96, 64, seed=26)
     scene = random_scene(1500, seed=26, scale=(0.02, 0.06), opacity=(0.3, 0.9))
     g = torch.Generator().manual_seed(26 + copies)
-    slots = torch.randperm(1500, generator=g)[:12 * copies].view(12, copies)
+    groups = 12 // (copies - 1)
+    slots = torch.randperm(1500, generator=g)[:groups * copies].view(groups, copies)
     for row in slots:
         scene["means3D"][row] = scene["means3D"][row[0]].clone()
     check(s, pick(scene), seed=26)
