@@ -8,11 +8,15 @@ the centre looking at it, tan(fovy/2) = 0.2, tanfovx from the aspect, black back
 For each (N, image) case: forward, and forward + backward of mean(image^2); the median of
 ``--iters`` (>= 30) calls after ``--warmup`` calls, each timed with CUDA events from an idle GPU
 (so CPU launch overhead counts), and the peak memory above the inputs
-(``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated before). gsplat
-(``gsplat.rasterization``, same camera, ``sh_degree=3``) is timed in the same run on the same
-scene in both of its modes: ``packed=False``, the faster one here, and ``packed=True``, its
-default (the configuration of the reference timings that the rasterizer's targets come from).
-Its absence is reported, not fatal.
+(``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated before, over the
+warm-up calls). gsplat (``gsplat.rasterization``, same camera, ``sh_degree=3``) is timed in the
+same run on the same scene in both of its modes: ``packed=False``, the faster one here, and
+``packed=True``, its default (the configuration of the reference timings that the rasterizer's
+targets come from). Each implementation's calls run as one block, as in the spec's reference
+timings; with ``--interleave`` the timed calls alternate instead (ours, gsplat, gsplat default,
+ours, ...), so that all see the same state of a noisy machine, but each call then also starts
+with the host's caches holding the other implementation's work (see bench/NOTES_raster.md).
+gsplat's absence is reported, not fatal.
 
     python bench/raster.py [--cases 100000x802x550,300000x1604x1100] [--json out.json]
 """
@@ -134,20 +138,65 @@ def timed_call(run, reset) -> float:
     return start.elapsed_time(end)
 
 
-def measure(run, reset, warmup: int, iters: int):
-    """(median ms, all ms, peak bytes above what was allocated before)."""
-    for _ in range(warmup):
-        reset()
-        run()
-    torch.cuda.synchronize()
+def warm_up(run, reset, calls: int) -> int:
+    """Runs `calls` calls; returns their peak bytes above what was allocated before."""
     reset()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    times = [timed_call(run, reset) for _ in range(iters)]
+    for _ in range(calls):
+        reset()
+        run()
+    torch.cuda.synchronize()
     reset()
-    peak = torch.cuda.max_memory_allocated() - base
-    return statistics.median(times), times, peak
+    return torch.cuda.max_memory_allocated() - base
+
+
+def measure(fns: dict, warmup: int, iters: int, interleave: bool = False) -> dict:
+    """{name: (median ms, all ms, peak bytes)} for {name: (run, reset)}: each warmed up (its
+    peak memory) and timed in a block of its own, or, with `interleave`, all warmed up first and
+    their timed calls alternated."""
+    peaks, times = {}, {name: [] for name in fns}
+    if interleave:
+        peaks = {name: warm_up(run, reset, max(warmup, 1)) for name, (run, reset) in fns.items()}
+        for _ in range(iters):
+            for name, (run, reset) in fns.items():
+                times[name].append(timed_call(run, reset))
+    else:
+        for name, (run, reset) in fns.items():
+            peaks[name] = warm_up(run, reset, max(warmup, 1))
+            times[name] = [timed_call(run, reset) for _ in range(iters)]
+    return {name: (statistics.median(t), t, peaks[name]) for name, t in times.items()}
+
+
+def print_gpu_timeline(prof, calls: int) -> None:
+    """Each GPU op of one call: median start and end in us from the call's first kernel (the
+    preprocessing), over the profiled calls. Times are the profiler's (its host overhead
+    lengthens the gaps; the kernels' own durations and overlaps are what to read)."""
+    ops = sorted((e for e in prof.events() if e.device_type.name == "CUDA"),
+                 key=lambda e: e.time_range.start)
+    starts = [k for k, e in enumerate(ops) if "preprocess_fwd" in e.name]
+    if len(starts) != calls:
+        print(f"(GPU timeline skipped: {len(starts)} preprocessing kernels for {calls} calls)")
+        return
+    rows: dict = {}
+    for c, first in enumerate(starts):
+        last = starts[c + 1] if c + 1 < len(starts) else len(ops)
+        t0 = ops[first].time_range.start
+        seen: dict = {}
+        for e in ops[first:last]:
+            name = e.name.split("(")[0].replace("void ", "")[:60]
+            seen[name] = seen.get(name, 0) + 1
+            key = (name, seen[name])
+            rows.setdefault(key, []).append((e.time_range.start - t0, e.time_range.end - t0))
+    print("GPU timeline of one call (median us from the preprocessing's start: start, end, "
+          "duration):")
+    for (name, k), v in sorted(rows.items(), key=lambda kv: statistics.median(a for a, _ in kv[1])):
+        a = statistics.median(x for x, _ in v)
+        b = statistics.median(y for _, y in v)
+        d = statistics.median(y - x for x, y in v)
+        tag = f" #{k}" if k > 1 else ""
+        print(f"  {a:8.1f} {b:8.1f} {d:7.1f}  {name}{tag}  ({len(v)} calls)")
 
 
 def profile(cases: str, iters: int = 20, trace_dir: str | None = None):
@@ -171,6 +220,7 @@ def profile(cases: str, iters: int = 20, trace_dir: str | None = None):
             torch.cuda.synchronize()
         print(f"\n### profile {n} Gaussians, {w}x{h}, forward+backward, {iters} calls")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
+        print_gpu_timeline(prof, iters)
         if trace_dir:
             os.makedirs(trace_dir, exist_ok=True)
             prof.export_chrome_trace(os.path.join(trace_dir, f"trace_{n}_{w}x{h}.json"))
@@ -273,6 +323,9 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--no-gsplat", action="store_true")
+    ap.add_argument("--interleave", action="store_true",
+                    help="alternate the implementations' timed calls instead of timing each in "
+                         "a block of its own")
     ap.add_argument("--json", default=None, help="write all numbers here")
     ap.add_argument("--profile", action="store_true",
                     help="only print torch.profiler kernel tables of our forward+backward")
@@ -328,14 +381,14 @@ def main(argv=None):
         for mode in ("fwd", "fwd+bwd"):
             bwd = mode == "fwd+bwd"
             r = {"N": n, "W": w, "H": h, "mode": mode, **check}
-            med, times, peak = measure(*ours_fn(scene, settings, bwd), args.warmup, args.iters)
-            r.update(ours_ms=med, ours_peak_mb=peak / 2**20, ours_times=times)
+            fns = {"ours": ours_fn(scene, settings, bwd)}
             if have_gsplat:
                 for packed, key in ((False, "gsplat"), (True, "gsplat_default")):
-                    med, times, peak = measure(*gsplat_fn(scene, viewmats, Ks, w, h, bwd, packed),
-                                               args.warmup, args.iters)
-                    r.update({f"{key}_ms": med, f"{key}_peak_mb": peak / 2**20,
-                              f"{key}_times": times})
+                    fns[key] = gsplat_fn(scene, viewmats, Ks, w, h, bwd, packed)
+            measured = measure(fns, args.warmup, args.iters, args.interleave)
+            for key, (med, times, peak) in measured.items():
+                r.update({f"{key}_ms": med, f"{key}_peak_mb": peak / 2**20,
+                          f"{key}_times": times})
             results.append(r)
             print(json.dumps({k: v for k, v in r.items() if not k.endswith("_times")}), flush=True)
         del scene

@@ -435,3 +435,67 @@ def test_blending_order_changes_nothing(monkeypatch):
     scene = random_scene(12000, seed=25, spread=0.5, scale=(0.002, 0.03), opacity=(0.01, 0.9))
     scene["means3D"][:4000] *= 0.05                      # a dense cluster: long lists
     assert_switch_changes_nothing(monkeypatch, "STGA_RASTER_NO_ORDER", s, pick(scene))
+
+
+def corner_scene():
+    """6000 Gaussians where the four tiles of a 32x32 image meet: at most 24000 list entries
+    (about 90% of them are opaque enough to be listed, in all four tiles), in lists long enough
+    that the sort's merge passes need a buffer of as many entries again."""
+    s = make_settings(32, 32, seed=24, dist=3.0, tany=0.3)
+    scene = random_scene(6000, seed=24, spread=0.01, scale=(0.03, 0.1), opacity=(0.002, 0.02))
+    return s, pick(scene)
+
+
+@pytest.mark.parametrize("room", ["0", "1", "24000", "1000000"])
+def test_emission_room_changes_nothing(monkeypatch, room):
+    # The list emission is queued before the host sync into room for a guessed number of entries
+    # (STGA_RASTER_EMIT_ROOM sets it): none (emitted after the sync), too little (it writes
+    # nothing and runs again), enough for the entries but not the merge buffer (a second
+    # allocation), enough for both. The image is bitwise the same in every case.
+    s, inputs = corner_scene()
+    assert_switch_changes_nothing(monkeypatch, "STGA_RASTER_EMIT_ROOM", s, inputs, value=room)
+    with monkeypatch.context() as m:
+        m.setenv("STGA_RASTER_EMIT_ROOM", room)
+        check(s, inputs, seed=24)
+
+
+def test_emission_after_a_smaller_and_a_larger_scene():
+    # Without the override the room is the previous call's need plus 1/8: a small scene leaves
+    # too little room for the large one (emitted again after the sync), whose repeat fits, and
+    # whose room is then far too large for the small one. Results are the reference's each time.
+    s = make_settings(160, 120, seed=28)
+    small = pick(random_scene(50, seed=28, scale=(0.005, 0.01)))
+    large = pick(random_scene(6000, seed=29, scale=(0.01, 0.05)))
+    check(s, small, seed=28)
+    img1, radii, _ = check(s, large, seed=29)
+    # the small scene's lists hold at most 4 entries per Gaussian: far fewer than the large one's
+    assert int((radii > 0).sum()) > 2000
+    img2, _, _ = render(s, large, "cuda", torch.float32)
+    assert torch.equal(img1, img2)
+    check(s, small, seed=28)
+
+
+def test_emission_room_is_checked(monkeypatch):
+    s, inputs = corner_scene()
+    monkeypatch.setenv("STGA_RASTER_EMIT_ROOM", "-5")
+    with pytest.raises(RuntimeError, match="STGA_RASTER_EMIT_ROOM"):
+        render(s, inputs, "cuda", torch.float32)
+
+
+def test_gradients_are_separate_and_aligned():
+    # The gradients are views of one allocation: each must be its own contiguous tensor, none
+    # overlapping another, each starting on a 16-byte boundary (vector stores), for odd N.
+    s = make_settings(64, 48, seed=30)
+    for colors, cov in ((False, False), (True, True)):
+        inputs = pick(random_scene(301, seed=30), colors=colors, cov=cov)
+        w = torch.randn(3, 48, 64, device="cuda")
+        _, _, grads = render(s, inputs, "cuda", torch.float32, w)
+        spans = []
+        for k, g in grads.items():
+            assert g.is_contiguous(), k
+            assert g.data_ptr() % 16 == 0, k
+            spans.append((g.data_ptr(), g.data_ptr() + g.numel() * g.element_size(), k))
+        spans.sort()
+        for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+            assert end <= start, (a, b)
+        check(s, inputs, seed=30)

@@ -256,6 +256,12 @@ __device__ void layout_lists(int T, int seg, const TileLists& l) {
     l.stats->long_entries = (int)carry[3];
     l.stats->longest = longest;
     l.stats->ckpt_slots = (int)carry[4];
+    l.stats->written = 1;
+    if (l.host_stats != nullptr) {  // every block's entries are in (the caller's fences)
+      ListStats h = *l.stats;
+      h.entries = __ldcg(&l.stats->entries);
+      *l.host_stats = h;
+    }
   }
   if (threadIdx.x < 32) {  // each class's first slot in the order: classes in decreasing order
     static_assert(kLengthClasses == 64, "two classes per lane");
@@ -487,7 +493,9 @@ __global__ void __launch_bounds__(256)
 emit_kernel(int N, int grid_x, int cull, const ushort4* __restrict__ rect,
             const uint32_t* __restrict__ depth_key, const float2* __restrict__ xy,
             const float4* __restrict__ conic_o, const float4* __restrict__ rgb,
-            int* __restrict__ cursors, unsigned long long* __restrict__ keys) {
+            int* __restrict__ cursors, const ListStats* __restrict__ stats,
+            unsigned long long capacity, unsigned long long* __restrict__ keys) {
+  if (__ldg(&stats->entries) > capacity) return;  // a speculative launch that did not fit
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   Listing L{};
   bool listed = false;
@@ -986,12 +994,13 @@ cudaError_t launch_preprocess(int N, const Cam& cam, const GaussIn& in, const Ge
 }
 
 cudaError_t launch_emit(int N, const Cam& cam, const Geom& geom, const Scratch& s,
-                        const TileLists& lists, unsigned long long* keys, cudaStream_t stream) {
+                        const TileLists& lists, unsigned long long* keys,
+                        unsigned long long capacity, cudaStream_t stream) {
   if (N <= 0) return cudaSuccess;
   emit_kernel<<<cdiv(N, 256), 256, 0, stream>>>(
       N, cam.grid_x, cam.cull, reinterpret_cast<const ushort4*>(s.rect), s.depth_key,
       (const float2*)geom.xy, (const float4*)geom.conic_o, (const float4*)geom.rgb, lists.cursors,
-      keys);
+      lists.stats, capacity, keys);
   return cudaGetLastError();
 }
 

@@ -48,7 +48,7 @@ struct ListStats {
   int long_entries;            // entries of those tiles
   int longest;                 // entries of the longest list
   int ckpt_slots;              // the backward split's checkpoint slots (see BwdSplit)
-  int pad;
+  int written;                 // 1 once the preprocessing wrote these (see TileLists::host_stats)
 };
 static_assert(sizeof(ListStats) == 32, "ListStats is read as 8 int32 words");
 
@@ -73,6 +73,8 @@ constexpr int kCursorStride = 8;
 struct TileLists {
   int2* ranges;
   ListStats* stats;
+  ListStats* host_stats;  // not in the allocation: mapped, pinned host memory where the layout
+                          // also writes the stats (the host's one read), or null
   int* work_counters;
   unsigned* blocks_done;
   int* cursors;
@@ -89,6 +91,7 @@ inline TileLists tile_lists_at(int* base, int T) {
   TileLists l;
   l.ranges = reinterpret_cast<int2*>(base);
   l.stats = reinterpret_cast<ListStats*>(base + 2 * t);
+  l.host_stats = nullptr;
   l.work_counters = base + 2 * t + 8;
   l.blocks_done = reinterpret_cast<unsigned*>(base + 2 * t + 10);
   l.cursors = base + c;
@@ -101,14 +104,17 @@ inline TileLists tile_lists_at(int* base, int T) {
 
 // Per-Gaussian preprocessing. Also counts each tile's entries and, in its last block, lays out
 // the lists (ranges, cursors, the long tiles, checkpoint slots, the tiles' order by length,
-// ListStats).
+// ListStats, also to lists.host_stats if set).
 cudaError_t launch_preprocess(int N, const Cam& cam, const GaussIn& in, const Geom& geom,
                               const Scratch& s, int* radii, const TileLists& lists,
                               cudaStream_t stream);
 // Writes each tile's entries (depth key << 32 | Gaussian index), in no particular order, into
-// keys at the tile's range (through the tiles' cursors).
+// keys at the tile's range (through the tiles' cursors). Writes nothing if there are more than
+// `capacity` entries (ListStats::entries, read on the device: the emission can be queued before
+// the host knows the count).
 cudaError_t launch_emit(int N, const Cam& cam, const Geom& geom, const Scratch& s,
-                        const TileLists& lists, unsigned long long* keys, cudaStream_t stream);
+                        const TileLists& lists, unsigned long long* keys,
+                        unsigned long long capacity, cudaStream_t stream);
 // Entries of the buffer that sort_lists needs for merging (0: none).
 size_t merge_buffer_entries(const ListStats& stats);
 // Sorts each tile's entries (by depth, ties by index) into point_list. `keys` is overwritten.

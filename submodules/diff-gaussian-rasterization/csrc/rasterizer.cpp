@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <limits>
 #include <mutex>
@@ -12,6 +13,26 @@
 #include <vector>
 
 #include "kernels.h"
+
+// Host clock stamps inside a call, for bench/host_stamps.py only: compiled in with
+// -DSTGA_HOST_TRACE (that script's own build), nothing otherwise. steady_clock is the clock of
+// Python's time.perf_counter_ns on Linux, so the script can put the stamps on its own timeline.
+#ifdef STGA_HOST_TRACE
+#include <chrono>
+#include <utility>
+namespace stga::trace {
+std::mutex mutex;  // the backward runs on autograd's device thread
+std::vector<std::pair<const char*, int64_t>> stamps;
+inline void stamp(const char* name) {
+  const int64_t ns = std::chrono::steady_clock::now().time_since_epoch().count();
+  const std::lock_guard<std::mutex> lock(mutex);
+  stamps.emplace_back(name, ns);
+}
+}  // namespace stga::trace
+#define STGA_STAMP(name) ::stga::trace::stamp(name)
+#else
+#define STGA_STAMP(name) ((void)0)
+#endif
 
 namespace stga {
 
@@ -69,17 +90,23 @@ int segment_length() {
   return (int)n;
 }
 
+// The current device's index, checked against the per-device tables below.
+constexpr int kMaxDevices = 64;
+int device_index() {
+  const int dev = c10::cuda::current_device();
+  TORCH_CHECK(dev >= 0 && dev < kMaxDevices, "STGA rasterizer: device index out of range");
+  return dev;
+}
+
 // What the launches need to know of the current device, queried once per device.
 struct DeviceInfo {
   int sm_count;
   int major;  // compute capability
 };
 const DeviceInfo& device_info() {
-  constexpr int kMaxDevices = 64;
   static DeviceInfo info[kMaxDevices];
   static std::once_flag once[kMaxDevices];
-  const int dev = c10::cuda::current_device();
-  TORCH_CHECK(dev >= 0 && dev < kMaxDevices, "STGA rasterizer: device index out of range");
+  const int dev = device_index();
   std::call_once(once[dev], [dev] {
     STGA_CUDA_CHECK(cudaDeviceGetAttribute(&info[dev].sm_count, cudaDevAttrMultiProcessorCount,
                                            dev));
@@ -193,15 +220,67 @@ struct Prepared {
   }
 };
 
-// The lists' statistics, read through a pinned buffer after the preprocessing: the forward's one
-// host sync.
-ListStats read_stats(const TileLists& lists, cudaStream_t stream) {
-  static thread_local ListStats* pinned = nullptr;  // one per host thread, never freed
-  if (pinned == nullptr) STGA_CUDA_CHECK(cudaMallocHost((void**)&pinned, sizeof(ListStats)));
-  STGA_CUDA_CHECK(cudaMemcpyAsync(pinned, lists.stats, sizeof(ListStats), cudaMemcpyDeviceToHost,
-                                  stream));
-  STGA_CUDA_CHECK(cudaStreamSynchronize(stream));
-  return *pinned;
+// The lists' statistics after the preprocessing: the forward's one host sync. The
+// preprocessing's last block writes them straight into mapped, pinned host memory (no copy
+// queued behind it), and the host waits for an event recorded after the preprocessing only, so
+// that work queued behind it (the emission) runs meanwhile. One mailbox per host thread (the
+// buffer and an event per device, made on first use and never freed).
+class StatsMailbox {
+ public:
+  static StatsMailbox& of_this_thread() {
+    static thread_local StatsMailbox box;
+    return box;
+  }
+  // Hands `lists` the address to write to and marks the mailbox empty; call before the launch.
+  void expect(TileLists& lists) {
+    if (host_ == nullptr) {
+      STGA_CUDA_CHECK(cudaHostAlloc((void**)&host_, sizeof(ListStats),
+                                    cudaHostAllocMapped | cudaHostAllocPortable));
+      STGA_CUDA_CHECK(cudaHostGetDevicePointer((void**)&device_, host_, 0));
+    }
+    host_->written = 0;
+    lists.host_stats = device_;
+  }
+  // Records the point to wait for: after the preprocessing, before anything queued behind it.
+  void mark(cudaStream_t stream) {
+    cudaEvent_t& ev = events_[device_index()];
+    if (ev == nullptr) STGA_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    STGA_CUDA_CHECK(cudaEventRecord(ev, stream));
+  }
+  ListStats wait() {
+    STGA_CUDA_CHECK(cudaEventSynchronize(events_[device_index()]));
+    const ListStats st = *host_;  // written by the GPU; read after the (opaque) sync call
+    TORCH_CHECK(st.written == 1, "STGA rasterizer: the preprocessing did not report its lists");
+    return st;
+  }
+
+ private:
+  ListStats* host_ = nullptr;
+  ListStats* device_ = nullptr;
+  cudaEvent_t events_[kMaxDevices] = {};
+};
+
+// The emission is queued before the host knows the entry count, into room for what the last call
+// on the device needed (entries plus merge buffer) and 1/8 more; with too little room it writes
+// nothing and runs again once the count is known. Not for huge counts, where the extra room
+// could exhaust memory that the exact size would not, and the host time saved is negligible.
+std::atomic<unsigned long long>& emission_need_hint() {
+  static std::atomic<unsigned long long> hint[kMaxDevices];
+  return hint[device_index()];
+}
+// STGA_RASTER_EMIT_ROOM (entries) overrides the room, for measurements and tests (0: no
+// emission before the sync).
+unsigned long long emission_room(unsigned long long hint) {
+  const char* v = std::getenv("STGA_RASTER_EMIT_ROOM");
+  if (v != nullptr && v[0] != '\0') {
+    char* end = nullptr;
+    const unsigned long long room = std::strtoull(v, &end, 10);
+    TORCH_CHECK(*end == '\0' && v[0] != '-' && room <= (1ull << 31),
+                "STGA_RASTER_EMIT_ROOM must be a number of entries, 0 to 2^31 (got '", v, "')");
+    return room;
+  }
+  constexpr unsigned long long kMaxSpeculative = 1ull << 26;
+  return (hint == 0 || hint > kMaxSpeculative) ? 0 : hint + hint / 8 + 1024;
 }
 
 // The forward's per-Gaussian and per-tile state that the backward reads, in one int32
@@ -256,8 +335,10 @@ ForwardOut forward(const at::Tensor& means3D, const at::Tensor& opacities,
                    const at::Tensor& projmatrix, const at::Tensor& campos, const at::Tensor& bg,
                    int64_t W, int64_t H, double tanfovx, double tanfovy, double scale_modifier,
                    int64_t sh_degree, bool need_backward, int seg) {
+  STGA_STAMP("fwd.forward");
   const Prepared p(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix, projmatrix,
                    campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree);
+  STGA_STAMP("fwd.prepared");
   const int N = p.N;
   Cam cam = p.cam;
   cam.seg = seg;
@@ -269,32 +350,56 @@ ForwardOut forward(const at::Tensor& means3D, const at::Tensor& opacities,
   out.radii = at::empty({N}, iopt);
   out.state = at::empty({(int64_t)state_ints(N, num_tiles)}, iopt);
   const Geom geom = state_geom(out.state.data_ptr<int>(), N);
-  const TileLists lists = state_lists(out.state.data_ptr<int>(), N, num_tiles);
+  TileLists lists = state_lists(out.state.data_ptr<int>(), N, num_tiles);
   STGA_CUDA_CHECK(cudaMemsetAsync(reinterpret_cast<int*>(lists.ranges), 0,
                                   tile_lists_zeroed_ints(num_tiles) * sizeof(int), p.stream));
+  STGA_STAMP("fwd.allocated");
   int R = 0;
   ListStats st{};
   if (N > 0) {
-    at::Tensor scratch = at::empty({(int64_t)N * kScratchWords}, iopt);
-    const Scratch s = scratch_at(scratch.data_ptr<int>(), N);
+    // One temporary buffer: the preprocessing's scratch, then the emission's keys and the merge
+    // passes' buffer, with room for the emission queued before the sync (emission_room).
+    const size_t scratch_longs = ((size_t)N * kScratchWords + 1) / 2;
+    std::atomic<unsigned long long>& hint = emission_need_hint();
+    const unsigned long long room = emission_room(hint.load(std::memory_order_relaxed));
+    at::Tensor temp = at::empty({(int64_t)(scratch_longs + room)}, fopt.dtype(at::kLong));
+    const Scratch s = scratch_at(reinterpret_cast<int*>(temp.data_ptr<int64_t>()), N);
+    auto* kp = reinterpret_cast<unsigned long long*>(temp.data_ptr<int64_t>()) + scratch_longs;
+    StatsMailbox& mailbox = StatsMailbox::of_this_thread();
+    mailbox.expect(lists);
     STGA_CUDA_CHECK(launch_preprocess(N, cam, p.in, geom, s, out.radii.data_ptr<int>(), lists,
                                       p.stream));
+    mailbox.mark(p.stream);
+    if (room > 0) STGA_CUDA_CHECK(launch_emit(N, cam, geom, s, lists, kp, room, p.stream));
+    STGA_STAMP("fwd.launched");
     // The one host sync: the entry count sizes the lists.
-    st = read_stats(lists, p.stream);
+    st = mailbox.wait();
+    STGA_STAMP("fwd.synced");
     TORCH_CHECK(st.entries <= (unsigned long long)std::numeric_limits<int>::max(),
                 "STGA rasterizer: the Gaussians cover more than 2^31 (tile, Gaussian) pairs; "
                 "render fewer or smaller Gaussians, or a smaller image");
     R = (int)st.entries;
+    const size_t mb = merge_buffer_entries(st);
+    hint.store(R + mb, std::memory_order_relaxed);
     out.point_list = at::empty({R}, iopt);
     if (R > 0) {
-      // the entries' keys, then the merge passes' buffer (if the lists need one)
-      const size_t mb = merge_buffer_entries(st);
-      at::Tensor keys = at::empty({(int64_t)(R + mb)}, fopt.dtype(at::kLong));
-      auto* const kp = reinterpret_cast<unsigned long long*>(keys.data_ptr<int64_t>());
-      STGA_CUDA_CHECK(launch_emit(N, cam, geom, s, lists, kp, p.stream));
-      scratch.reset();
-      STGA_CUDA_CHECK(launch_sort_lists(lists, st, kp, mb ? kp + R : nullptr,
-                                        out.point_list.data_ptr<int>(), p.stream));
+      at::Tensor more;  // what did not fit the room
+      unsigned long long* merge = nullptr;
+      if ((unsigned long long)R > room) {  // the early emission wrote nothing: emit again
+        more = at::empty({(int64_t)(R + mb)}, fopt.dtype(at::kLong));
+        kp = reinterpret_cast<unsigned long long*>(more.data_ptr<int64_t>());
+        STGA_CUDA_CHECK(launch_emit(N, cam, geom, s, lists, kp, R, p.stream));
+        merge = mb ? kp + R : nullptr;
+      } else if (mb > 0) {
+        if (R + mb <= room) {
+          merge = kp + R;
+        } else {
+          more = at::empty({(int64_t)mb}, fopt.dtype(at::kLong));
+          merge = reinterpret_cast<unsigned long long*>(more.data_ptr<int64_t>());
+        }
+      }
+      STGA_CUDA_CHECK(launch_sort_lists(lists, st, kp, merge, out.point_list.data_ptr<int>(),
+                                        p.stream));
     }
   } else {
     out.point_list = at::empty({0}, iopt);
@@ -316,6 +421,7 @@ ForwardOut forward(const at::Tensor& means3D, const at::Tensor& opacities,
                                         out.point_list.data_ptr<int>(), geom,
                                         out.color.data_ptr<float>(), ps.final_T, ps.last,
                                         ps.split, p.stream));
+  STGA_STAMP("fwd.rendered");
   return out;
 }
 
@@ -364,32 +470,49 @@ std::vector<at::Tensor> backward_preprocess(const at::Tensor& acc, const Prepare
   const auto fopt = p.means.options();
   TORCH_CHECK(acc.numel() == (int64_t)N * kGradSlots, "accumulator size mismatch");
 
-  at::Tensor d_means = at::empty({N, 3}, fopt);
-  at::Tensor d_means2D = at::empty({N, 3}, fopt);
-  at::Tensor d_opac = at::empty({N, 1}, fopt);
-  at::Tensor d_shs, d_colors, d_scales, d_rots, d_cov3D;
-  GaussGrad g{};
-  g.means = d_means.data_ptr<float>();
-  g.means2D = d_means2D.data_ptr<float>();
-  g.opac = d_opac.data_ptr<float>();
-  if (p.shs) { d_shs = at::empty({N, cam.K, 3}, fopt); g.shs = d_shs.data_ptr<float>(); }
-  if (p.colors) { d_colors = at::empty({N, 3}, fopt); g.colors = d_colors.data_ptr<float>(); }
-  if (p.cov3D) {
-    d_cov3D = at::empty({N, 6}, fopt);
-    g.cov3D = d_cov3D.data_ptr<float>();
-  } else {
-    d_scales = at::empty({N, 3}, fopt);
-    d_rots = at::empty({N, 4}, fopt);
-    g.scales = d_scales.data_ptr<float>();
-    g.rots = d_rots.data_ptr<float>();
+  // Every gradient is a view of one allocation (one allocator call instead of up to seven), each
+  // starting at a 128-byte boundary (the kernel's vector stores). Order: means, means2D,
+  // opacities, shs, colors, scales, rotations, cov3D; the last five only for given inputs.
+  const int64_t n = N;
+  const bool given[] = {true, true, true, p.shs.has_value(), p.colors.has_value(),
+                        !p.cov3D, !p.cov3D, p.cov3D.has_value()};
+  const std::vector<int64_t> shapes[] = {{n, 3}, {n, 3}, {n, 1}, {n, cam.K, 3},
+                                         {n, 3}, {n, 3}, {n, 4}, {n, 6}};
+  constexpr int kGrads = sizeof(given) / sizeof(given[0]);
+  int64_t offset[kGrads + 1] = {0};
+  for (int k = 0; k < kGrads; ++k) {
+    const int64_t numel = given[k] ? c10::multiply_integers(shapes[k]) : 0;
+    offset[k + 1] = offset[k] + (numel + 31) / 32 * 32;
   }
+  const at::Tensor all = at::empty({offset[kGrads]}, fopt);
+  std::vector<at::Tensor> grads(kGrads);
+  float* ptr[kGrads] = {};
+  // Plain views, made below autograd (gradients carry no history): no view bookkeeping.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  for (int k = 0; k < kGrads; ++k) {
+    if (!given[k]) continue;
+    const std::vector<int64_t>& shape = shapes[k];
+    std::vector<int64_t> strides(shape.size(), 1);
+    for (int d = (int)shape.size() - 2; d >= 0; --d) strides[d] = strides[d + 1] * shape[d + 1];
+    grads[k] = all.as_strided(shape, strides, offset[k]);
+    ptr[k] = all.data_ptr<float>() + offset[k];
+  }
+  GaussGrad g{};
+  g.means = ptr[0];
+  g.means2D = ptr[1];
+  g.opac = ptr[2];
+  g.shs = ptr[3];
+  g.colors = ptr[4];
+  g.scales = ptr[5];
+  g.rots = ptr[6];
+  g.cov3D = ptr[7];
   // Overlapped with the end of the blending pass (sm_90 and later; off only for measurements),
   // unless a conversion kernel came between them.
   const bool overlap = after_blending && !p.copied && device_info().major >= 9 &&
                        !switched("STGA_RASTER_NO_OVERLAP");
   STGA_CUDA_CHECK(launch_backward_preprocess(N, cam, p.in, radii.data_ptr<int>(),
                                              acc.data_ptr<float>(), g, overlap, p.stream));
-  return {d_means, d_means2D, d_opac, d_shs, d_colors, d_scales, d_rots, d_cov3D};
+  return grads;
 }
 
 // The autograd function, in C++ so that neither the forward nor the backward goes through Python:
@@ -448,11 +571,13 @@ class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
     ctx->mark_non_differentiable({radii});
     // radii never has a gradient: no zero tensor is materialised for it on every backward.
     ctx->set_materialize_grads(false);
+    STGA_STAMP("fwd.return");
     return {cast_to(out.color, means3D.scalar_type()), radii};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    STGA_STAMP("bwd.entry");
     torch::autograd::variable_list result(kArgs);
     const at::Tensor& grad_color = grads[0];
     if (!grad_color.defined()) return result;  // nothing depended on the image
@@ -478,13 +603,16 @@ class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
       acc = backward_render(grad_color, means3D, bg, W, H, d["seg"].toInt(), st[0], st[1], st[2],
                             (int)d["ckpt_slots"].toInt());
       blended = st[1].numel() > 0;  // point_list: there were entries to blend
+      STGA_STAMP("bwd.blending");
     }  // the forward's buffers are released here, before the gradients exist
     std::vector<at::Tensor> g;
     {
       const Prepared p(means3D, opacities, undef_to_opt(v[2]), undef_to_opt(v[3]),
                        undef_to_opt(v[4]), undef_to_opt(v[5]), undef_to_opt(v[6]), view, proj,
                        campos, bg, W, H, tx, ty, sm, deg);
+      STGA_STAMP("bwd.prepared");
       g = backward_preprocess(acc, p, radii, blended);
+      STGA_STAMP("bwd.per_gaussian");
     }
     acc.reset();
     result[0] = cast_to(g[0], means3D.scalar_type());
@@ -492,6 +620,7 @@ class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
     result[2] = cast_to(g[2], opacities.scalar_type());
     for (int k = 0; k < 5; ++k)  // shs, colors, scales, rotations, cov3D
       if (v[2 + k].defined()) result[3 + k] = cast_to(g[3 + k], v[2 + k].scalar_type());
+    STGA_STAMP("bwd.return");
     return result;
   }
 };
@@ -510,6 +639,7 @@ std::vector<at::Tensor> rasterize(const at::Tensor& means3D, const at::Tensor& m
                                   const at::Tensor& campos, const at::Tensor& bg, int64_t W,
                                   int64_t H, double tanfovx, double tanfovy,
                                   double scale_modifier, int64_t sh_degree) {
+  STGA_STAMP("fwd.entry");
   const bool has_cov = present(cov3D);
   const std::optional<at::Tensor> sc = has_cov ? std::nullopt : scales;
   const std::optional<at::Tensor> ro = has_cov ? std::nullopt : rots;
@@ -524,6 +654,7 @@ std::vector<at::Tensor> rasterize(const at::Tensor& means3D, const at::Tensor& m
   torch::autograd::variable_list out = RasterizeFunction::apply(
       means3D, means2D, opacities, shs, colors, sc, ro, cov3D, viewmatrix, projmatrix, campos, bg,
       W, H, tanfovx, tanfovy, scale_modifier, sh_degree, need_backward);
+  STGA_STAMP("fwd.applied");
   return {out[0], out[1]};
 }
 
@@ -535,4 +666,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "rasterize(means3D, means2D, opacities, shs, colors, scales, rotations, cov3D, "
         "viewmatrix, projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree) "
         "-> [color, radii], differentiable (C++ autograd function)");
+#ifdef STGA_HOST_TRACE
+  m.def("_host_stamps", [] {
+    const std::lock_guard<std::mutex> lock(stga::trace::mutex);
+    std::vector<std::pair<std::string, int64_t>> out(stga::trace::stamps.begin(),
+                                                     stga::trace::stamps.end());
+    stga::trace::stamps.clear();
+    return out;
+  }, "[(name, steady_clock ns)] of the stamps since the last call, and forget them");
+#endif
 }

@@ -11,6 +11,8 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
+from . import cuda_backend, torch_backend
+
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians",
            "cuda_available"]
 
@@ -34,8 +36,6 @@ class GaussianRasterizationSettings(NamedTuple):
 
 def cuda_available() -> bool:
     """True when the CUDA extension can be used (built, or compiled on first use)."""
-    from . import cuda_backend
-
     return cuda_backend.available()
 
 
@@ -58,11 +58,9 @@ def rasterize_gaussians(
         raise ValueError("pass either scales and rotations, or cov3D_precomp")
     if backend not in ("auto", "torch", "cuda"):
         raise ValueError(f"unknown backend {backend!r}: use 'auto', 'torch' or 'cuda'")
-    use_cuda = backend == "cuda" or (backend == "auto" and means3D.is_cuda and cuda_available())
-    if use_cuda:
-        from . import cuda_backend as impl
-    else:
-        from . import torch_backend as impl
+    use_cuda = backend == "cuda" or (backend == "auto" and means3D.is_cuda
+                                     and cuda_backend.available())
+    impl = cuda_backend if use_cuda else torch_backend
     return impl.rasterize(settings, means3D, means2D, opacities, shs, colors_precomp, scales,
                           rotations, cov3D_precomp)
 
