@@ -446,40 +446,54 @@ def corner_scene():
     return s, pick(scene)
 
 
-@pytest.mark.parametrize("room", ["0", "1", "24000", "1000000"])
-def test_emission_room_changes_nothing(monkeypatch, room):
-    # The list emission is queued before the host sync into room for a guessed number of entries
-    # (STGA_RASTER_EMIT_ROOM sets it): none (emitted after the sync), too little (it writes
-    # nothing and runs again), enough for the entries but not the merge buffer (a second
-    # allocation), enough for both. The image is bitwise the same in every case.
+def plan_outcome():
+    """How the last forward (this thread) launched its list phase: 0 after the host sync, 1 before
+    it with a plan guessed from the previous call, 2 the guess did not fit and it ran again."""
+    from diff_gaussian_rasterization import cuda_backend
+
+    return cuda_backend._ext._last_plan_outcome()
+
+
+def test_list_phase_after_the_sync_changes_nothing(monkeypatch):
+    # STGA_RASTER_NO_PLAN=1 launches emission, sort, merges and blending only once the lists are
+    # known (no guessed plan): the image is bitwise the same.
     s, inputs = corner_scene()
-    assert_switch_changes_nothing(monkeypatch, "STGA_RASTER_EMIT_ROOM", s, inputs, value=room)
-    with monkeypatch.context() as m:
-        m.setenv("STGA_RASTER_EMIT_ROOM", room)
-        check(s, inputs, seed=24)
+    render(s, inputs, "cuda", torch.float32)
+    assert_switch_changes_nothing(monkeypatch, "STGA_RASTER_NO_PLAN", s, inputs)
+    render(s, inputs, "cuda", torch.float32)
+    assert plan_outcome() == 1
+    monkeypatch.setenv("STGA_RASTER_NO_PLAN", "1")
+    render(s, inputs, "cuda", torch.float32)
+    assert plan_outcome() == 0
 
 
-def test_emission_after_a_smaller_and_a_larger_scene():
-    # Without the override the room is the previous call's need plus 1/8: a small scene leaves
-    # too little room for the large one (emitted again after the sync), whose repeat fits, and
-    # whose room is then far too large for the small one. Results are the reference's each time.
-    s = make_settings(160, 120, seed=28)
-    small = pick(random_scene(50, seed=28, scale=(0.005, 0.01)))
-    large = pick(random_scene(6000, seed=29, scale=(0.01, 0.05)))
-    check(s, small, seed=28)
-    img1, radii, _ = check(s, large, seed=29)
-    # the small scene's lists hold at most 4 entries per Gaussian: far fewer than the large one's
-    assert int((radii > 0).sum()) > 2000
-    img2, _, _ = render(s, large, "cuda", torch.float32)
-    assert torch.equal(img1, img2)
-    check(s, small, seed=28)
-
-
-def test_emission_room_is_checked(monkeypatch):
-    s, inputs = corner_scene()
-    monkeypatch.setenv("STGA_RASTER_EMIT_ROOM", "-5")
-    with pytest.raises(RuntimeError, match="STGA_RASTER_EMIT_ROOM"):
-        render(s, inputs, "cuda", torch.float32)
+def test_list_phase_with_guessed_plans_that_do_not_fit():
+    # The list phase is launched before the host sync with sizes guessed from the previous call
+    # (counts plus 1/16). Each scene below outgrows the previous one's guess (then the phase runs
+    # again, sized exactly), except the last: 50 small Gaussians (at most 200 entries); 1500
+    # where four tiles meet (at least 1350 entries, against room for at most 1244; lists longer
+    # than a sort chunk: a merge pass); 6000 there (lists about four times as long: three passes
+    # and a merge buffer); 6000 spread over a 160x120 image (more non-empty tiles than 4 plus 8);
+    # the 50 again (fits). Each result is the reference's, and a repeat, whose guess fits, is
+    # bitwise the same.
+    s32 = make_settings(32, 32, seed=24, dist=3.0, tany=0.3)
+    s160 = make_settings(160, 120, seed=28)
+    tiny = pick(random_scene(50, seed=28, scale=(0.005, 0.01)))
+    scenes = [
+        (s160, tiny, None),
+        (s32, pick(random_scene(1500, seed=24, spread=0.01, scale=(0.03, 0.1),
+                                opacity=(0.002, 0.02))), 2),
+        corner_scene() + (2,),
+        (s160, pick(random_scene(6000, seed=29, scale=(0.01, 0.05))), 2),
+        (s160, tiny, 1),
+    ]
+    for s, inputs, want in scenes:
+        img1, _, _ = check(s, inputs, seed=31)
+        if want is not None:
+            assert plan_outcome() == want
+        img2, _, _ = render(s, inputs, "cuda", torch.float32)
+        assert plan_outcome() == 1
+        assert torch.equal(img1, img2)
 
 
 def test_gradients_are_separate_and_aligned():

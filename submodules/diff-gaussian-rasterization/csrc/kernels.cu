@@ -189,7 +189,8 @@ __device__ __forceinline__ unsigned ckpt_slots_of(unsigned n, int seg) {
 // list of long tiles, each tile's first checkpoint slot, the order of the tiles by list length
 // (for the sort and the blending), and ListStats (but entries). Unsigned sums: if there are more
 // than 2^31 entries the host stops before using any of this.
-__device__ void layout_lists(int T, int seg, const TileLists& l) {
+__device__ void layout_lists(int T, int seg, const TileLists& l, const ListPlan& guess,
+                             bool guessed) {
   constexpr int kItems = 8;
   __shared__ unsigned s_class[kLengthClasses];  // tiles per class, then the class's next slot
   for (int c = threadIdx.x; c < kLengthClasses; c += blockDim.x) s_class[c] = 0u;
@@ -257,11 +258,14 @@ __device__ void layout_lists(int T, int seg, const TileLists& l) {
     l.stats->longest = longest;
     l.stats->ckpt_slots = (int)carry[4];
     l.stats->written = 1;
-    if (l.host_stats != nullptr) {  // every block's entries are in (the caller's fences)
-      ListStats h = *l.stats;
-      h.entries = __ldcg(&l.stats->entries);
-      *l.host_stats = h;
-    }
+    ListStats h = *l.stats;
+    h.entries = __ldcg(&l.stats->entries);  // every block's entries are in (the caller's fences)
+    *l.go = guessed ? (plan_fits(h, guess) ? 1 : 0) : 1;
+    if (l.host_stats != nullptr) *l.host_stats = h;
+  }
+  if (guessed) {  // the guessed merge grid's extra blocks find -1 and stop
+    const int pad_end = min(T, guess.merge_tiles);
+    for (int k = (int)carry[2] + threadIdx.x; k < pad_end; k += blockDim.x) l.long_tiles[k] = -1;
   }
   if (threadIdx.x < 32) {  // each class's first slot in the order: classes in decreasing order
     static_assert(kLengthClasses == 64, "two classes per lane");
@@ -423,7 +427,8 @@ __device__ __forceinline__ int lower_bound(const unsigned long long* a, int n,
 // lists.
 template <int D, bool VEC>
 __global__ void __launch_bounds__(256)
-preprocess_fwd_kernel(int N, Cam cam, GaussIn in, PreOut out, TileLists lists) {
+preprocess_fwd_kernel(int N, Cam cam, GaussIn in, PreOut out, TileLists lists, ListPlan guess,
+                      bool guessed) {
   __shared__ unsigned s_sum[256 / 32];
   __shared__ bool s_last;
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -456,7 +461,7 @@ preprocess_fwd_kernel(int N, Cam cam, GaussIn in, PreOut out, TileLists lists) {
   __syncthreads();
   if (s_last) {
     __threadfence();
-    layout_lists(cam.grid_x * cam.grid_y, cam.seg, lists);
+    layout_lists(cam.grid_x * cam.grid_y, cam.seg, lists, guess, guessed);
   }
 }
 
@@ -493,9 +498,9 @@ __global__ void __launch_bounds__(256)
 emit_kernel(int N, int grid_x, int cull, const ushort4* __restrict__ rect,
             const uint32_t* __restrict__ depth_key, const float2* __restrict__ xy,
             const float4* __restrict__ conic_o, const float4* __restrict__ rgb,
-            int* __restrict__ cursors, const ListStats* __restrict__ stats,
-            unsigned long long capacity, unsigned long long* __restrict__ keys) {
-  if (__ldg(&stats->entries) > capacity) return;  // a speculative launch that did not fit
+            int* __restrict__ cursors, const int* __restrict__ go,
+            unsigned long long* __restrict__ keys) {
+  if (go != nullptr && __ldg(go) == 0) return;  // a guessed plan that the lists do not fit
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   Listing L{};
   bool listed = false;
@@ -523,10 +528,13 @@ emit_kernel(int N, int grid_x, int cull, const ushort4* __restrict__ rect,
 // A list of one chunk goes straight to point_list; longer lists are written back as sorted runs
 // for merge_runs_kernel.
 __global__ void __launch_bounds__(kSortThreads)
-sort_chunks_kernel(const int* __restrict__ order, int slots, const int2* __restrict__ ranges,
-                   unsigned long long* __restrict__ keys, int* __restrict__ point_list) {
+sort_chunks_kernel(const int* __restrict__ go, const int* __restrict__ order, int slots,
+                   const int2* __restrict__ ranges, unsigned long long* __restrict__ keys,
+                   int* __restrict__ point_list) {
   __shared__ ChunkSortStorage s;
   __shared__ unsigned key_min, key_max;
+  // (the blocks of a guessed plan's extra tiles find empty lists: the order ends with those)
+  if (go != nullptr && __ldg(go) == 0) return;
   const int2 r = ranges[order[blockIdx.x / slots]];
   const int n = r.y - r.x;
   for (int c = blockIdx.x % slots; (long long)c * kSortChunk < n; c += slots) {
@@ -553,12 +561,15 @@ sort_chunks_kernel(const int* __restrict__ order, int slots, const int2* __restr
 // (keys are unique). src/dst are indexed by list position when *_in_keys, else from the tile's
 // merge-buffer offset; the last pass writes the Gaussian indices to point_list instead of dst.
 __global__ void __launch_bounds__(256)
-merge_runs_kernel(const int* __restrict__ long_tiles, const int* __restrict__ long_offset,
-                  const int2* __restrict__ ranges, int run,
+merge_runs_kernel(const int* __restrict__ go, const int* __restrict__ long_tiles,
+                  const int* __restrict__ long_offset, const int2* __restrict__ ranges, int run,
                   const unsigned long long* __restrict__ src, bool src_in_keys,
                   unsigned long long* __restrict__ dst, bool dst_in_keys,
                   int* __restrict__ point_list) {
-  const int2 r = ranges[long_tiles[blockIdx.x]];
+  if (go != nullptr && __ldg(go) == 0) return;
+  const int tile = long_tiles[blockIdx.x];
+  if (tile < 0) return;  // padding for a guessed plan's extra blocks
+  const int2 r = ranges[tile];
   const int n = r.y - r.x;
   const unsigned long long* a = src + (src_in_keys ? r.x : long_offset[blockIdx.x]);
   for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < n; i += gridDim.y * blockDim.x) {
@@ -702,11 +713,13 @@ constexpr int kFwdGroup = 4;   // Gaussians whose alphas are computed together (
 // first). Rounds are software-pipelined: while a round is blended, the next round's Gaussians and
 // the list indices of the one after are already being loaded.
 __global__ void __launch_bounds__(32)
-render_fwd_kernel(int W, int H, int grid_x, int cull, int seg, const int2* __restrict__ ranges,
+render_fwd_kernel(int W, int H, int grid_x, int cull, int seg, const int* __restrict__ go,
+                  const int2* __restrict__ ranges,
                   const int* __restrict__ order, StageArrays arr, const float* __restrict__ bg,
                   float* __restrict__ out_color, float* __restrict__ out_T,
                   int* __restrict__ out_last, BwdSplit split) {
   __shared__ Stage s;
+  if (go != nullptr && __ldg(go) == 0) return;
   const int lane = threadIdx.x;
   const int slot = blockIdx.x / kPatchesPerTile, sub = blockIdx.x % kPatchesPerTile;
   const int tile = order != nullptr ? order[slot] : slot;
@@ -984,57 +997,59 @@ render_bwd_kernel(int W, int H, int cull, int seg, int grid_x, int grid_y,
 // Launchers.
 cudaError_t launch_preprocess(int N, const Cam& cam, const GaussIn& in, const Geom& geom,
                               const Scratch& s, int* radii, const TileLists& lists,
-                              cudaStream_t stream) {
+                              const ListPlan* guess, cudaStream_t stream) {
   PreOut po{geom.xy, geom.conic_o, geom.rgb, s.depth_key, s.rect, radii};
+  const ListPlan g = guess != nullptr ? *guess : ListPlan{};
   dispatch_sh(in.shs ? cam.deg : 0, use_vec(cam, in), [&](auto d, auto v) {
     preprocess_fwd_kernel<decltype(d)::value, decltype(v)::value>
-        <<<cdiv(N, 256), 256, 0, stream>>>(N, cam, in, po, lists);
+        <<<cdiv(N, 256), 256, 0, stream>>>(N, cam, in, po, lists, g, guess != nullptr);
   });
   return cudaGetLastError();
 }
 
 cudaError_t launch_emit(int N, const Cam& cam, const Geom& geom, const Scratch& s,
-                        const TileLists& lists, unsigned long long* keys,
-                        unsigned long long capacity, cudaStream_t stream) {
-  if (N <= 0) return cudaSuccess;
+                        const TileLists& lists, const ListPlan& plan, bool guessed,
+                        unsigned long long* keys, cudaStream_t stream) {
+  if (N <= 0 || plan.keys_room == 0) return cudaSuccess;
   emit_kernel<<<cdiv(N, 256), 256, 0, stream>>>(
       N, cam.grid_x, cam.cull, reinterpret_cast<const ushort4*>(s.rect), s.depth_key,
       (const float2*)geom.xy, (const float4*)geom.conic_o, (const float4*)geom.rgb, lists.cursors,
-      lists.stats, capacity, keys);
+      guessed ? lists.go : nullptr, keys);
   return cudaGetLastError();
 }
 
-// Merge passes for lists of up to `longest` entries (runs of kSortChunk, doubling).
-static int merge_passes(int longest) {
-  int p = 0;
-  while (((long long)kSortChunk << p) < (long long)longest) ++p;
+ListPlan exact_plan(const ListStats& s, bool split) {
+  ListPlan p{};
+  p.keys_room = s.entries;
+  p.passes = merge_passes(s.longest);
+  p.merge_room = p.passes >= 2 ? (unsigned long long)s.long_entries : 0;
+  p.sort_tiles = s.entries > 0 ? s.nonempty : 0;
+  // One block per chunk (of the longest list), unless that would make more than 2^31 blocks.
+  p.sort_slots = std::min(std::max(cdiv(s.longest, kSortChunk), 1),
+                          std::max(1, INT_MAX / std::max(p.sort_tiles, 1)));
+  p.merge_tiles = s.num_long;
+  p.merge_rows = std::min(std::max(cdiv(s.longest, 256), 1), 65535);
+  p.ckpt_slots = split ? s.ckpt_slots : -1;
   return p;
 }
 
-size_t merge_buffer_entries(const ListStats& stats) {
-  return merge_passes(stats.longest) >= 2 ? (size_t)stats.long_entries : 0;
-}
-
-cudaError_t launch_sort_lists(const TileLists& lists, const ListStats& stats,
+cudaError_t launch_sort_lists(const TileLists& lists, const ListPlan& plan, bool guessed,
                               unsigned long long* keys, unsigned long long* merge_buffer,
                               int* point_list, cudaStream_t stream) {
-  if (stats.entries == 0 || stats.nonempty <= 0) return cudaSuccess;
-  // The non-empty tiles lead the blending order. One block per chunk (of the longest list),
-  // unless that would make more than 2^31 blocks.
-  const int chunks = cdiv(stats.longest, kSortChunk);
-  const int slots = std::min(chunks, std::max(1, INT_MAX / stats.nonempty));
-  sort_chunks_kernel<<<stats.nonempty * slots, kSortThreads, 0, stream>>>(
-      lists.order, slots, lists.ranges, keys, point_list);
+  if (plan.sort_tiles <= 0) return cudaSuccess;
+  const int* go = guessed ? lists.go : nullptr;
+  // The non-empty tiles lead the blending order.
+  sort_chunks_kernel<<<plan.sort_tiles * plan.sort_slots, kSortThreads, 0, stream>>>(
+      go, lists.order, plan.sort_slots, lists.ranges, keys, point_list);
   STGA_TRY(cudaGetLastError());
-  const int passes = merge_passes(stats.longest);
-  const int ys = cdiv(stats.longest, 256);
-  const dim3 grid(stats.num_long, ys < 65535 ? ys : 65535);
+  if (plan.merge_tiles <= 0) return cudaSuccess;
+  const dim3 grid(plan.merge_tiles, plan.merge_rows);
   const unsigned long long* src = keys;
   bool src_in_keys = true;
-  for (int p = 0; p < passes; ++p) {
-    const bool last = p == passes - 1;
+  for (int p = 0; p < plan.passes; ++p) {
+    const bool last = p == plan.passes - 1;
     unsigned long long* dst = last ? nullptr : (src_in_keys ? merge_buffer : keys);
-    merge_runs_kernel<<<grid, 256, 0, stream>>>(lists.long_tiles, lists.long_offset,
+    merge_runs_kernel<<<grid, 256, 0, stream>>>(go, lists.long_tiles, lists.long_offset,
                                                 lists.ranges, kSortChunk << p, src, src_in_keys,
                                                 dst, !src_in_keys, last ? point_list : nullptr);
     STGA_TRY(cudaGetLastError());
@@ -1044,16 +1059,16 @@ cudaError_t launch_sort_lists(const TileLists& lists, const ListStats& stats,
   return cudaSuccess;
 }
 
-cudaError_t launch_render_forward(const Cam& cam, const int* ranges, const int* order,
-                                  const int* point_list, const Geom& geom, float* color,
-                                  float* final_T, int* last, const BwdSplit& split,
+cudaError_t launch_render_forward(const Cam& cam, const TileLists& lists, bool guessed,
+                                  const int* order, const int* point_list, const Geom& geom,
+                                  float* color, float* final_T, int* last, const BwdSplit& split,
                                   cudaStream_t stream) {
   const int blocks = cam.grid_x * cam.grid_y * kPatchesPerTile;
   const StageArrays arr{point_list, (const float2*)geom.xy, (const float4*)geom.conic_o,
                         (const float4*)geom.rgb};
   render_fwd_kernel<<<blocks, 32, 0, stream>>>(cam.W, cam.H, cam.grid_x, cam.cull, cam.seg,
-                                               (const int2*)ranges, order, arr, cam.bg, color,
-                                               final_T, last, split);
+                                               guessed ? lists.go : nullptr, lists.ranges,
+                                               order, arr, cam.bg, color, final_T, last, split);
   return cudaGetLastError();
 }
 

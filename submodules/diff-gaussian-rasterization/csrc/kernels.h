@@ -66,6 +66,8 @@ constexpr int kCursorStride = 8;
 //   [2T, 2T+8)       ListStats
 //   [2T+8, 2T+10)    the backward's work-list counters (see BwdSplit)
 //   [2T+10]          blocks of the preprocessing done (its last block lays out the lists)
+//   [2T+11]          1 when the list phase may run: always, except that a phase launched
+//                    with a guessed plan runs only if the lists fit it (see ListPlan)
 //   [C, C+8T)        the tiles' counters / cursors (kCursorStride apart), C = cursor_base(T)
 //   [C+8T, C+12T)    the long tiles, each long tile's offset in the merge buffer, each tile's
 //                    first checkpoint slot, and the order of the tiles by list length, longest
@@ -77,13 +79,14 @@ struct TileLists {
                           // also writes the stats (the host's one read), or null
   int* work_counters;
   unsigned* blocks_done;
+  int* go;
   int* cursors;
   int* long_tiles;
   int* long_offset;
   int* ckpt_base;
   int* order;
 };
-inline size_t cursor_base(int T) { return (2 * (size_t)T + 11 + 31) / 32 * 32; }
+inline size_t cursor_base(int T) { return (2 * (size_t)T + 12 + 31) / 32 * 32; }
 inline size_t tile_lists_zeroed_ints(int T) { return cursor_base(T) + kCursorStride * (size_t)T; }
 inline size_t tile_lists_ints(int T) { return tile_lists_zeroed_ints(T) + 4 * (size_t)T; }
 inline TileLists tile_lists_at(int* base, int T) {
@@ -94,6 +97,7 @@ inline TileLists tile_lists_at(int* base, int T) {
   l.host_stats = nullptr;
   l.work_counters = base + 2 * t + 8;
   l.blocks_done = reinterpret_cast<unsigned*>(base + 2 * t + 10);
+  l.go = base + 2 * t + 11;
   l.cursors = base + c;
   l.long_tiles = base + c + kCursorStride * t;
   l.long_offset = l.long_tiles + t;
@@ -102,23 +106,54 @@ inline TileLists tile_lists_at(int* base, int T) {
   return l;
 }
 
+// Merge passes for lists of up to `longest` entries (runs of kSortChunk, doubling).
+STGA_HD int merge_passes(long long longest) {
+  int p = 0;
+  while (((long long)kSortChunk << p) < longest) ++p;
+  return p;
+}
+
+// The sizes that the list phase (emission, sort, merges, blending) is launched with. The host
+// may launch it before it knows the lists (ListStats), with a plan guessed from the previous
+// call: the preprocessing's last block then checks plan_fits and sets TileLists::go, every
+// kernel of the phase does nothing unless it is set, and the host, seeing the same, launches the
+// phase again with the exact plan (whose kernels do not look at go).
+struct ListPlan {
+  unsigned long long keys_room;   // entries of the keys buffer (and of point_list)
+  unsigned long long merge_room;  // entries of the merge buffer, after the keys
+  int sort_tiles;                 // tiles of the blending order that the sort's blocks take
+  int sort_slots;                 // sort blocks per tile (any number >= 1 sorts every chunk)
+  int merge_tiles;                // long tiles that the merge passes' blocks take
+  int merge_rows;                 // blocks per long tile in a merge pass (any number >= 1)
+  int passes;                     // merge passes (more than needed only copy)
+  int ckpt_slots;                 // checkpoint slots of the backward split; -1: no split
+};
+STGA_HD bool plan_fits(const ListStats& s, const ListPlan& p) {
+  return s.entries <= p.keys_room && s.nonempty <= p.sort_tiles && s.num_long <= p.merge_tiles &&
+         merge_passes(s.longest) <= p.passes &&
+         (p.passes < 2 || (unsigned long long)s.long_entries <= p.merge_room) &&
+         (p.ckpt_slots < 0 || s.ckpt_slots <= p.ckpt_slots);
+}
+// The plan that fits `s` exactly (split: with the backward's split).
+ListPlan exact_plan(const ListStats& s, bool split);
+
 // Per-Gaussian preprocessing. Also counts each tile's entries and, in its last block, lays out
 // the lists (ranges, cursors, the long tiles, checkpoint slots, the tiles' order by length,
-// ListStats, also to lists.host_stats if set).
+// ListStats, also to lists.host_stats if set) and sets lists.go (against `guess` if not null;
+// then the long tiles' list is also padded with -1 up to guess->merge_tiles).
 cudaError_t launch_preprocess(int N, const Cam& cam, const GaussIn& in, const Geom& geom,
                               const Scratch& s, int* radii, const TileLists& lists,
-                              cudaStream_t stream);
+                              const ListPlan* guess, cudaStream_t stream);
+
 // Writes each tile's entries (depth key << 32 | Gaussian index), in no particular order, into
-// keys at the tile's range (through the tiles' cursors). Writes nothing if there are more than
-// `capacity` entries (ListStats::entries, read on the device: the emission can be queued before
-// the host knows the count).
+// keys at the tile's range (through the tiles' cursors).
+// `guessed`: the plan is a guess (the kernels of the phase check lists.go).
 cudaError_t launch_emit(int N, const Cam& cam, const Geom& geom, const Scratch& s,
-                        const TileLists& lists, unsigned long long* keys,
-                        unsigned long long capacity, cudaStream_t stream);
-// Entries of the buffer that sort_lists needs for merging (0: none).
-size_t merge_buffer_entries(const ListStats& stats);
-// Sorts each tile's entries (by depth, ties by index) into point_list. `keys` is overwritten.
-cudaError_t launch_sort_lists(const TileLists& lists, const ListStats& stats,
+                        const TileLists& lists, const ListPlan& plan, bool guessed,
+                        unsigned long long* keys, cudaStream_t stream);
+// Sorts each tile's entries (by depth, ties by index) into point_list. `keys` is overwritten;
+// merge_buffer: plan.merge_room entries.
+cudaError_t launch_sort_lists(const TileLists& lists, const ListPlan& plan, bool guessed,
                               unsigned long long* keys, unsigned long long* merge_buffer,
                               int* point_list, cudaStream_t stream);
 
@@ -147,9 +182,9 @@ inline size_t work_capacity(int num_tiles, int ckpt_slots) {
 // Front-to-back blending: color (3,H,W), final transmittance and last contributor per pixel,
 // and the backward's work split when split.ckpt is not null. Tiles are taken in the order
 // `order` (TileLists::order), or in index order when it is null.
-cudaError_t launch_render_forward(const Cam& cam, const int* ranges, const int* order,
-                                  const int* point_list, const Geom& geom, float* color,
-                                  float* final_T, int* last, const BwdSplit& split,
+cudaError_t launch_render_forward(const Cam& cam, const TileLists& lists, bool guessed,
+                                  const int* order, const int* point_list, const Geom& geom,
+                                  float* color, float* final_T, int* last, const BwdSplit& split,
                                   cudaStream_t stream);
 
 // Backward blending: acc (N x kGradSlots, zeroed here) from dL/dcolor.

@@ -5,7 +5,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
-#include <atomic>
+#include <climits>
 #include <cstdlib>
 #include <limits>
 #include <mutex>
@@ -223,7 +223,7 @@ struct Prepared {
 // The lists' statistics after the preprocessing: the forward's one host sync. The
 // preprocessing's last block writes them straight into mapped, pinned host memory (no copy
 // queued behind it), and the host waits for an event recorded after the preprocessing only, so
-// that work queued behind it (the emission) runs meanwhile. One mailbox per host thread (the
+// that the work queued behind it (the list phase) runs meanwhile. One mailbox per host thread (the
 // buffer and an event per device, made on first use and never freed).
 class StatsMailbox {
  public:
@@ -260,28 +260,57 @@ class StatsMailbox {
   cudaEvent_t events_[kMaxDevices] = {};
 };
 
-// The emission is queued before the host knows the entry count, into room for what the last call
-// on the device needed (entries plus merge buffer) and 1/8 more; with too little room it writes
-// nothing and runs again once the count is known. Not for huge counts, where the extra room
-// could exhaust memory that the exact size would not, and the host time saved is negligible.
-std::atomic<unsigned long long>& emission_need_hint() {
-  static std::atomic<unsigned long long> hint[kMaxDevices];
-  return hint[device_index()];
-}
-// STGA_RASTER_EMIT_ROOM (entries) overrides the room, for measurements and tests (0: no
-// emission before the sync).
-unsigned long long emission_room(unsigned long long hint) {
-  const char* v = std::getenv("STGA_RASTER_EMIT_ROOM");
-  if (v != nullptr && v[0] != '\0') {
-    char* end = nullptr;
-    const unsigned long long room = std::strtoull(v, &end, 10);
-    TORCH_CHECK(*end == '\0' && v[0] != '-' && room <= (1ull << 31),
-                "STGA_RASTER_EMIT_ROOM must be a number of entries, 0 to 2^31 (got '", v, "')");
-    return room;
+// The list phase (emission, sort, merges, blending) is launched right behind the preprocessing,
+// before the host knows the lists, with a plan sized from the previous call's lists on the device
+// (kernels.h: ListPlan); the host then checks the plan against the lists and, if they do
+// not fit, launches the phase again with the exact plan. No plan on a device's first call, for
+// huge lists (where the extra room could exhaust memory that the exact size would not, and the
+// host time saved is negligible) or with STGA_RASTER_NO_PLAN=1 (for measurements and tests).
+class ListHint {
+ public:
+  static ListHint& of_device(int dev) {
+    static ListHint hints[kMaxDevices];
+    return hints[dev];
   }
-  constexpr unsigned long long kMaxSpeculative = 1ull << 26;
-  return (hint == 0 || hint > kMaxSpeculative) ? 0 : hint + hint / 8 + 1024;
-}
+  void remember(const ListStats& st) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    last_ = st;
+    valid_ = true;
+  }
+  std::optional<ListPlan> plan(int num_tiles, bool split) {
+    if (switched("STGA_RASTER_NO_PLAN")) return std::nullopt;
+    ListStats h;
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (!valid_) return std::nullopt;
+      h = last_;
+    }
+    constexpr unsigned long long kMaxEntries = 1ull << 26;
+    if (h.entries == 0 || h.entries > kMaxEntries) return std::nullopt;
+    // Counts get room to grow (a kernel block or an entry of room costs little; the point list
+    // and the checkpoints are kept for the backward, hence only 1/16); the merge passes do not
+    // (a pass too many costs a pass over the long lists), nor do the grids' rows and slots (any
+    // number works).
+    auto more = [](long long v) { return v + v / 16 + 8; };
+    ListPlan p = exact_plan(h, split);
+    p.keys_room = (unsigned long long)more((long long)h.entries) + 1024;
+    p.merge_room = p.passes >= 2 ? (unsigned long long)more(h.long_entries) + 1024 : 0;
+    p.sort_tiles = (int)std::min<long long>(more(h.nonempty), num_tiles);
+    p.sort_slots = std::min(p.sort_slots, INT_MAX / std::max(p.sort_tiles, 1));
+    p.merge_tiles = (int)std::min<long long>(more(h.num_long), num_tiles);
+    if (split) p.ckpt_slots = (int)more(h.ckpt_slots);
+    return p;
+  }
+
+ private:
+  std::mutex mutex_;
+  ListStats last_{};
+  bool valid_ = false;
+};
+
+// Which plan the calling thread's last forward used: 0 none (the phase after the sync), 1 the
+// guessed one, 2 the guessed one did not fit (the phase ran again). Read by tests.
+thread_local int last_plan_outcome = 0;
 
 // The forward's per-Gaussian and per-tile state that the backward reads, in one int32
 // allocation: Geom (N x kGeomFloats floats), then TileLists (tile_lists_ints(T) words) at a
@@ -354,73 +383,61 @@ ForwardOut forward(const at::Tensor& means3D, const at::Tensor& opacities,
   STGA_CUDA_CHECK(cudaMemsetAsync(reinterpret_cast<int*>(lists.ranges), 0,
                                   tile_lists_zeroed_ints(num_tiles) * sizeof(int), p.stream));
   STGA_STAMP("fwd.allocated");
-  int R = 0;
+  // The backward's split along the lists (off only for measurements; results agree to float
+  // rounding either way).
+  const bool split = need_backward && !switched("STGA_RASTER_NO_SPLIT");
+  // Longest lists first (the layout writes the order; none without Gaussians); index order only
+  // for measurements.
+  const int* order = (N > 0 && !switched("STGA_RASTER_NO_ORDER")) ? lists.order : nullptr;
+  at::Tensor scratch;  // the preprocessing's, read by the emission
+  Scratch s{};
+  // The list phase with `plan` (`guessed`: before the lists are known): keys, point_list, image
+  // and per-pixel state, and its kernels.
+  auto list_phase = [&](const ListPlan& plan, bool guessed) {
+    at::Tensor keys = at::empty({(int64_t)(plan.keys_room + plan.merge_room)}, fopt.dtype(at::kLong));
+    auto* kp = reinterpret_cast<unsigned long long*>(keys.data_ptr<int64_t>());
+    out.point_list = at::empty({(int64_t)plan.keys_room}, iopt);
+    STGA_CUDA_CHECK(launch_emit(N, cam, geom, s, lists, plan, guessed, kp, p.stream));
+    STGA_CUDA_CHECK(launch_sort_lists(lists, plan, guessed, kp, kp + plan.keys_room,
+                                      out.point_list.data_ptr<int>(), p.stream));
+    keys.reset();  // before the image and the per-pixel state: lower forward peak memory
+    if (!out.color.defined()) out.color = at::empty({3, H, W}, fopt);
+    out.ckpt_slots = plan.ckpt_slots;
+    out.pixels = at::empty({(int64_t)pixel_state_ints(H * W, num_tiles, out.ckpt_slots)}, iopt);
+    const PixelState ps =
+        pixel_state_at(out.pixels.data_ptr<int>(), H * W, num_tiles, out.ckpt_slots, lists);
+    STGA_CUDA_CHECK(launch_render_forward(cam, lists, guessed, order,
+                                          out.point_list.data_ptr<int>(), geom,
+                                          out.color.data_ptr<float>(), ps.final_T, ps.last,
+                                          ps.split, p.stream));
+  };
   ListStats st{};
   if (N > 0) {
-    // One temporary buffer: the preprocessing's scratch, then the emission's keys and the merge
-    // passes' buffer, with room for the emission queued before the sync (emission_room).
-    const size_t scratch_longs = ((size_t)N * kScratchWords + 1) / 2;
-    std::atomic<unsigned long long>& hint = emission_need_hint();
-    const unsigned long long room = emission_room(hint.load(std::memory_order_relaxed));
-    at::Tensor temp = at::empty({(int64_t)(scratch_longs + room)}, fopt.dtype(at::kLong));
-    const Scratch s = scratch_at(reinterpret_cast<int*>(temp.data_ptr<int64_t>()), N);
-    auto* kp = reinterpret_cast<unsigned long long*>(temp.data_ptr<int64_t>()) + scratch_longs;
+    scratch = at::empty({(int64_t)N * kScratchWords}, iopt);
+    s = scratch_at(scratch.data_ptr<int>(), N);
+    ListHint& hint = ListHint::of_device(device_index());
+    const std::optional<ListPlan> guess = hint.plan(num_tiles, split);
     StatsMailbox& mailbox = StatsMailbox::of_this_thread();
     mailbox.expect(lists);
     STGA_CUDA_CHECK(launch_preprocess(N, cam, p.in, geom, s, out.radii.data_ptr<int>(), lists,
-                                      p.stream));
+                                      guess ? &*guess : nullptr, p.stream));
     mailbox.mark(p.stream);
-    if (room > 0) STGA_CUDA_CHECK(launch_emit(N, cam, geom, s, lists, kp, room, p.stream));
+    if (guess) list_phase(*guess, true);
     STGA_STAMP("fwd.launched");
-    // The one host sync: the entry count sizes the lists.
+    // The one host sync: the lists' statistics.
     st = mailbox.wait();
     STGA_STAMP("fwd.synced");
     TORCH_CHECK(st.entries <= (unsigned long long)std::numeric_limits<int>::max(),
                 "STGA rasterizer: the Gaussians cover more than 2^31 (tile, Gaussian) pairs; "
                 "render fewer or smaller Gaussians, or a smaller image");
-    R = (int)st.entries;
-    const size_t mb = merge_buffer_entries(st);
-    hint.store(R + mb, std::memory_order_relaxed);
-    out.point_list = at::empty({R}, iopt);
-    if (R > 0) {
-      at::Tensor more;  // what did not fit the room
-      unsigned long long* merge = nullptr;
-      if ((unsigned long long)R > room) {  // the early emission wrote nothing: emit again
-        more = at::empty({(int64_t)(R + mb)}, fopt.dtype(at::kLong));
-        kp = reinterpret_cast<unsigned long long*>(more.data_ptr<int64_t>());
-        STGA_CUDA_CHECK(launch_emit(N, cam, geom, s, lists, kp, R, p.stream));
-        merge = mb ? kp + R : nullptr;
-      } else if (mb > 0) {
-        if (R + mb <= room) {
-          merge = kp + R;
-        } else {
-          more = at::empty({(int64_t)mb}, fopt.dtype(at::kLong));
-          merge = reinterpret_cast<unsigned long long*>(more.data_ptr<int64_t>());
-        }
-      }
-      STGA_CUDA_CHECK(launch_sort_lists(lists, st, kp, merge, out.point_list.data_ptr<int>(),
-                                        p.stream));
-    }
+    hint.remember(st);
+    last_plan_outcome = !guess ? 0 : plan_fits(st, *guess) ? 1 : 2;
+    if (last_plan_outcome != 1) list_phase(exact_plan(st, split && st.entries > 0), false);
   } else {
-    out.point_list = at::empty({0}, iopt);
+    list_phase(exact_plan(st, false), false);  // the background only
+    last_plan_outcome = 0;
   }
-
-  // Allocated only now: the sort's keys and the scratch are gone (lower forward peak memory).
-  out.color = at::empty({3, H, W}, fopt);
-  // The backward's split along the lists (off only for measurements; results agree to float
-  // rounding either way).
-  const bool split = need_backward && R > 0 && !switched("STGA_RASTER_NO_SPLIT");
-  out.ckpt_slots = split ? st.ckpt_slots : -1;
-  out.pixels = at::empty({(int64_t)pixel_state_ints(H * W, num_tiles, out.ckpt_slots)}, iopt);
-  const PixelState ps =
-      pixel_state_at(out.pixels.data_ptr<int>(), H * W, num_tiles, out.ckpt_slots, lists);
-  // Longest lists first (the layout wrote the order; none without Gaussians); index order only
-  // for measurements.
-  const int* order = (N > 0 && !switched("STGA_RASTER_NO_ORDER")) ? lists.order : nullptr;
-  STGA_CUDA_CHECK(launch_render_forward(cam, (const int*)lists.ranges, order,
-                                        out.point_list.data_ptr<int>(), geom,
-                                        out.color.data_ptr<float>(), ps.final_T, ps.last,
-                                        ps.split, p.stream));
+  out.point_list = out.point_list.narrow(0, 0, (int64_t)st.entries);
   STGA_STAMP("fwd.rendered");
   return out;
 }
@@ -666,6 +683,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "rasterize(means3D, means2D, opacities, shs, colors, scales, rotations, cov3D, "
         "viewmatrix, projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree) "
         "-> [color, radii], differentiable (C++ autograd function)");
+  m.def("_last_plan_outcome", [] { return stga::last_plan_outcome; },
+        "for tests: how the calling thread's last forward launched its list phase (0: after the "
+        "sync, 1: before it, with a guessed plan, 2: the guess did not fit and it ran again)");
 #ifdef STGA_HOST_TRACE
   m.def("_host_stamps", [] {
     const std::lock_guard<std::mutex> lock(stga::trace::mutex);
