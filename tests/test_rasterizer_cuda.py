@@ -469,29 +469,30 @@ def test_list_phase_after_the_sync_changes_nothing(monkeypatch):
 
 def test_list_phase_with_guessed_plans_that_do_not_fit():
     # The list phase is launched before the host sync with sizes guessed from the previous call
-    # (counts plus 1/16). Each scene below outgrows the previous one's guess (then the phase runs
-    # again, sized exactly), except the last: 50 small Gaussians (at most 200 entries); 1500
-    # where four tiles meet (at least 1350 entries, against room for at most 1244; lists longer
-    # than a sort chunk: a merge pass); 6000 there (lists about four times as long: three passes
-    # and a merge buffer); 6000 spread over a 160x120 image (more non-empty tiles than 4 plus 8);
-    # the 50 again (fits). Each result is the reference's, and a repeat, whose guess fits, is
-    # bitwise the same.
-    s32 = make_settings(32, 32, seed=24, dist=3.0, tany=0.3)
-    s160 = make_settings(160, 120, seed=28)
+    # of the same image size (counts plus 1/16). Each scene below outgrows the previous one's
+    # guess (then the phase runs again, sized exactly), except the fifth: 50 small Gaussians (at
+    # most 200 entries); 1500 at the centre, where four tiles meet (at least 1350 entries,
+    # against room for at most 1244; lists longer than a sort chunk: a merge pass); 6000 there
+    # (lists about four times as long: three passes and a merge buffer); 6000 spread over the
+    # image (more non-empty tiles); the 50 again (fits); the 50 at another image size (no
+    # guess). Each result is the reference's, and a repeat, whose guess fits, is bitwise the
+    # same.
+    s = make_settings(160, 128, seed=24, dist=3.0, tany=0.3)
     tiny = pick(random_scene(50, seed=28, scale=(0.005, 0.01)))
+    corner = dict(spread=0.01, scale=(0.03, 0.1), opacity=(0.002, 0.02))
     scenes = [
-        (s160, tiny, None),
-        (s32, pick(random_scene(1500, seed=24, spread=0.01, scale=(0.03, 0.1),
-                                opacity=(0.002, 0.02))), 2),
-        corner_scene() + (2,),
-        (s160, pick(random_scene(6000, seed=29, scale=(0.01, 0.05))), 2),
-        (s160, tiny, 1),
+        (s, tiny, None),
+        (s, pick(random_scene(1500, seed=24, **corner)), 2),
+        (s, pick(random_scene(6000, seed=24, **corner)), 2),
+        (s, pick(random_scene(6000, seed=29, scale=(0.01, 0.05))), 2),
+        (s, tiny, 1),
+        (make_settings(96, 64, seed=24, dist=3.0, tany=0.3), tiny, 0),
     ]
-    for s, inputs, want in scenes:
-        img1, _, _ = check(s, inputs, seed=31)
+    for settings, inputs, want in scenes:
+        img1, _, _ = check(settings, inputs, seed=31)
         if want is not None:
             assert plan_outcome() == want
-        img2, _, _ = render(s, inputs, "cuda", torch.float32)
+        img2, _, _ = render(settings, inputs, "cuda", torch.float32)
         assert plan_outcome() == 1
         assert torch.equal(img1, img2)
 

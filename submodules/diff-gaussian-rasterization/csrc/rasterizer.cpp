@@ -262,27 +262,31 @@ class StatsMailbox {
 
 // The list phase (emission, sort, merges, blending) is launched right behind the preprocessing,
 // before the host knows the lists, with a plan sized from the previous call's lists on the device
-// (kernels.h: ListPlan); the host then checks the plan against the lists and, if they do
-// not fit, launches the phase again with the exact plan. No plan on a device's first call, for
-// huge lists (where the extra room could exhaust memory that the exact size would not, and the
-// host time saved is negligible) or with STGA_RASTER_NO_PLAN=1 (for measurements and tests).
+// (kernels.h: ListPlan); the host then checks the plan against the lists and, if they do not
+// fit, launches the phase again with the exact plan. No plan on a device's first call, after a
+// call with another image size (whose lists say little, and whose room would be kept for the
+// backward), for huge lists (where the extra room could exhaust memory that the exact size would
+// not, and the host time saved is negligible), or with STGA_RASTER_NO_PLAN=1 (for measurements
+// and tests).
 class ListHint {
  public:
   static ListHint& of_device(int dev) {
     static ListHint hints[kMaxDevices];
     return hints[dev];
   }
-  void remember(const ListStats& st) {
+  void remember(const ListStats& st, int64_t W, int64_t H) {
     const std::lock_guard<std::mutex> lock(mutex_);
     last_ = st;
+    w_ = W;
+    h_ = H;
     valid_ = true;
   }
-  std::optional<ListPlan> plan(int num_tiles, bool split) {
+  std::optional<ListPlan> plan(int64_t W, int64_t H, int num_tiles, bool split) {
     if (switched("STGA_RASTER_NO_PLAN")) return std::nullopt;
     ListStats h;
     {
       const std::lock_guard<std::mutex> lock(mutex_);
-      if (!valid_) return std::nullopt;
+      if (!valid_ || w_ != W || h_ != H) return std::nullopt;
       h = last_;
     }
     constexpr unsigned long long kMaxEntries = 1ull << 26;
@@ -305,6 +309,7 @@ class ListHint {
  private:
   std::mutex mutex_;
   ListStats last_{};
+  int64_t w_ = 0, h_ = 0;
   bool valid_ = false;
 };
 
@@ -394,7 +399,8 @@ ForwardOut forward(const at::Tensor& means3D, const at::Tensor& opacities,
   // The list phase with `plan` (`guessed`: before the lists are known): keys, point_list, image
   // and per-pixel state, and its kernels.
   auto list_phase = [&](const ListPlan& plan, bool guessed) {
-    at::Tensor keys = at::empty({(int64_t)(plan.keys_room + plan.merge_room)}, fopt.dtype(at::kLong));
+    at::Tensor keys =
+        at::empty({(int64_t)(plan.keys_room + plan.merge_room)}, fopt.dtype(at::kLong));
     auto* kp = reinterpret_cast<unsigned long long*>(keys.data_ptr<int64_t>());
     out.point_list = at::empty({(int64_t)plan.keys_room}, iopt);
     STGA_CUDA_CHECK(launch_emit(N, cam, geom, s, lists, plan, guessed, kp, p.stream));
@@ -416,7 +422,7 @@ ForwardOut forward(const at::Tensor& means3D, const at::Tensor& opacities,
     scratch = at::empty({(int64_t)N * kScratchWords}, iopt);
     s = scratch_at(scratch.data_ptr<int>(), N);
     ListHint& hint = ListHint::of_device(device_index());
-    const std::optional<ListPlan> guess = hint.plan(num_tiles, split);
+    const std::optional<ListPlan> guess = hint.plan(W, H, num_tiles, split);
     StatsMailbox& mailbox = StatsMailbox::of_this_thread();
     mailbox.expect(lists);
     STGA_CUDA_CHECK(launch_preprocess(N, cam, p.in, geom, s, out.radii.data_ptr<int>(), lists,
@@ -430,7 +436,7 @@ ForwardOut forward(const at::Tensor& means3D, const at::Tensor& opacities,
     TORCH_CHECK(st.entries <= (unsigned long long)std::numeric_limits<int>::max(),
                 "STGA rasterizer: the Gaussians cover more than 2^31 (tile, Gaussian) pairs; "
                 "render fewer or smaller Gaussians, or a smaller image");
-    hint.remember(st);
+    hint.remember(st, W, H);
     last_plan_outcome = !guess ? 0 : plan_fits(st, *guess) ? 1 : 2;
     if (last_plan_outcome != 1) list_phase(exact_plan(st, split && st.entries > 0), false);
   } else {
