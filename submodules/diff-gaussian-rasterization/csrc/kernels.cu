@@ -187,8 +187,10 @@ __device__ __forceinline__ unsigned ckpt_slots_of(unsigned n, int seg) {
 // Run by the preprocessing's last block (256 threads), once every tile's count is in its cursor:
 // each tile's range and its cursor set to its start (the emission advances the cursors), the
 // list of long tiles, each tile's first checkpoint slot, the order of the tiles by list length
-// (for the sort and the blending), and ListStats (but entries). Unsigned sums: if there are more
-// than 2^31 entries the host stops before using any of this.
+// (for the sort and the blending), ListStats (but entries; also to l.host_stats if set), and
+// the list phase's go flag (whether the lists fit `guess`, when `guessed`; the long tiles' list
+// is then padded with -1 up to guess.merge_tiles). Unsigned sums: if there are more than 2^31
+// entries the host stops before using any of this.
 __device__ void layout_lists(int T, int seg, const TileLists& l, const ListPlan& guess,
                              bool guessed) {
   constexpr int kItems = 8;
