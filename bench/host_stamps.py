@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import raster as rb  # noqa: E402
-from diff_gaussian_rasterization import cuda_backend, rasterize_gaussians  # noqa: E402
+from diff_gaussian_rasterization import cuda_backend  # noqa: E402
 
 
 def load_traced():
@@ -35,26 +35,13 @@ def load_traced():
                 extra_cuda_cflags=cuda_backend._nvcc_flags())
 
 
-def stamps_of_one_call(scene, settings, leaves, means2D, traced) -> dict:
+def stamps_of_one_call(settings, leaves, means2D, traced) -> dict:
     """{stamp: ns from the call's start} of one forward+backward from an idle GPU."""
-    for t in list(leaves.values()) + [means2D]:
-        t.grad = None
-    torch.cuda.synchronize()
-    traced._host_stamps()
-    t0 = time.perf_counter_ns()
-    img, _ = rasterize_gaussians(settings, leaves["means"], means2D, leaves["opacities"],
-                                 shs=leaves["shs"], scales=leaves["scales"],
-                                 rotations=leaves["quats"], backend="cuda")
-    t1 = time.perf_counter_ns()
-    loss = (img * img).mean()
-    t2 = time.perf_counter_ns()
-    loss.backward()
-    t3 = time.perf_counter_ns()
-    torch.cuda.synchronize()
-    t4 = time.perf_counter_ns()
+    traced._host_stamps()  # forget earlier stamps
+    t0, image, loss, backward, done = rb.stepped_call(settings, leaves, means2D)
     out = {name: ns - t0 for name, ns in traced._host_stamps()}
-    out.update({"py.image": t1 - t0, "py.loss": t2 - t0, "py.backward": t3 - t0,
-                "py.gpu_done": t4 - t0})
+    out.update({"py.image": image - t0, "py.loss": loss - t0, "py.backward": backward - t0,
+                "py.gpu_done": done - t0})
     return out
 
 
@@ -76,7 +63,7 @@ def main(argv=None) -> None:
         settings = rb.camera(w, h)[0]
         leaves = {k: v.detach().requires_grad_(True) for k, v in scene.items()}
         means2D = torch.zeros_like(scene["means"], requires_grad=True)
-        rows = [stamps_of_one_call(scene, settings, leaves, means2D, traced)
+        rows = [stamps_of_one_call(settings, leaves, means2D, traced)
                 for _ in range(10 + args.iters)][10:]
         names = sorted(rows[0], key=lambda k: statistics.median(r[k] for r in rows))
         print(f"\n{n} Gaussians, {w}x{h}, forward+backward: median us from the call's start "

@@ -253,6 +253,33 @@ def ab(cases: str, var: str, warmup: int = 10, iters: int = 60):
               f"default/switched {a / b:.2f}", flush=True)
 
 
+def stepped_call(settings, leaves: dict, means2D, sync_after_forward: bool = False) -> list:
+    """One of the benchmark's forward+backward calls from an idle GPU, with `perf_counter_ns`
+    readings: [start, image returned, loss issued, backward() returned, GPU done], or, with
+    `sync_after_forward`, [start, image returned, forward's kernels done]."""
+    for t in list(leaves.values()) + [means2D]:
+        t.grad = None
+    torch.cuda.synchronize()
+    ns = [time.perf_counter_ns()]
+    img, _ = rasterize_gaussians(settings, leaves["means"], means2D, leaves["opacities"],
+                                 shs=leaves["shs"], scales=leaves["scales"],
+                                 rotations=leaves["quats"], backend="cuda")
+    ns.append(time.perf_counter_ns())
+    if sync_after_forward:
+        torch.cuda.synchronize()
+        ns.append(time.perf_counter_ns())
+        (img * img).mean().backward()
+        torch.cuda.synchronize()
+        return ns
+    loss = (img * img).mean()
+    ns.append(time.perf_counter_ns())
+    loss.backward()
+    ns.append(time.perf_counter_ns())
+    torch.cuda.synchronize()
+    ns.append(time.perf_counter_ns())
+    return ns
+
+
 def timeline(cases: str, iters: int = 50):
     """Host-side timeline of our forward+backward (median us from the call's start, idle GPU).
 
@@ -269,31 +296,11 @@ def timeline(cases: str, iters: int = 50):
         means2D = torch.zeros_like(scene["means"], requires_grad=True)
         rows, rows_sync = [], []
         for it in range(iters + 10):
-            for sync_fwd in (False, True):
-                for t in list(leaves.values()) + [means2D]:
-                    t.grad = None
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                img, _ = rasterize_gaussians(settings, leaves["means"], means2D,
-                                             leaves["opacities"], shs=leaves["shs"],
-                                             scales=leaves["scales"], rotations=leaves["quats"],
-                                             backend="cuda")
-                t1 = time.perf_counter()
-                if sync_fwd:
-                    torch.cuda.synchronize()
-                    if it >= 10:
-                        rows_sync.append((time.perf_counter() - t0) * 1e6)
-                    (img * img).mean().backward()
-                    torch.cuda.synchronize()
-                    continue
-                loss = (img * img).mean()
-                t2 = time.perf_counter()
-                loss.backward()
-                t3 = time.perf_counter()
-                torch.cuda.synchronize()
-                t4 = time.perf_counter()
-                if it >= 10:
-                    rows.append([(t - t0) * 1e6 for t in (t1, t2, t3, t4)])
+            ns = stepped_call(settings, leaves, means2D)
+            ns_sync = stepped_call(settings, leaves, means2D, sync_after_forward=True)
+            if it >= 10:
+                rows.append([(t - ns[0]) / 1e3 for t in ns[1:]])
+                rows_sync.append((ns_sync[2] - ns_sync[0]) / 1e3)
         med = [statistics.median(c) for c in zip(*rows)]
         print(f"timeline {n} Gaussians {w}x{h} (median us): fwd_ret {med[0]:.0f}, loss "
               f"{med[1]:.0f}, bwd_ret {med[2]:.0f}, end {med[3]:.0f}; fwd_gpu "
