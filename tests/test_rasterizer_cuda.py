@@ -497,6 +497,24 @@ def test_list_phase_with_guessed_plans_that_do_not_fit():
         assert torch.equal(img1, img2)
 
 
+def test_guessed_plans_across_forward_only_and_training_calls():
+    # A guessed plan carries the backward's split (checkpoint room) only when this call needs a
+    # backward: a forward without gradients between training calls (as in evaluation during
+    # training) and the training calls after it all take the guessed path and stay correct.
+    s, inputs = split_scene()
+    check(s, inputs, seed=32)
+    cuda_in = {k: v.cuda() for k, v in inputs.items()}
+    with torch.no_grad():
+        img, _ = rasterize_gaussians(s, cuda_in["means3D"], torch.zeros_like(cuda_in["means3D"]),
+                                     cuda_in["opacities"], cuda_in["shs"], None,
+                                     cuda_in["scales"], cuda_in["rotations"], None,
+                                     backend="cuda")
+    assert plan_outcome() == 1
+    img_train, _, _ = check(s, inputs, seed=32)
+    assert plan_outcome() == 1
+    assert torch.equal(img, img_train)
+
+
 def test_gradients_are_separate_and_aligned():
     # The gradients are views of one allocation: each must be its own contiguous tensor, none
     # overlapping another, each starting on a 16-byte boundary (vector stores), for odd N.
