@@ -188,8 +188,8 @@ __device__ __forceinline__ unsigned ckpt_slots_of(unsigned n, int seg) {
 // each tile's range and its cursor set to its start (the emission advances the cursors), the
 // list of long tiles, each tile's first checkpoint slot, the order of the tiles by list length
 // (for the sort and the blending), ListStats (but entries; also to l.host_stats if set), and
-// the list phase's go flag (whether the lists fit `guess`, when `guessed`; the long tiles' list
-// is then padded with -1 up to guess.merge_tiles). Unsigned sums: if there are more than 2^31
+// its go flag (whether the lists fit `guess`, when `guessed`; the long tiles' list is then
+// padded with -1 up to guess.merge_tiles). Unsigned sums: if there are more than 2^31
 // entries the host stops before using any of this.
 __device__ void layout_lists(int T, int seg, const TileLists& l, const ListPlan& guess,
                              bool guessed) {
@@ -259,10 +259,10 @@ __device__ void layout_lists(int T, int seg, const TileLists& l, const ListPlan&
     l.stats->long_entries = (int)carry[3];
     l.stats->longest = longest;
     l.stats->ckpt_slots = (int)carry[4];
-    l.stats->written = 1;
     ListStats h = *l.stats;
     h.entries = __ldcg(&l.stats->entries);  // every block's entries are in (the caller's fences)
-    *l.go = guessed ? (plan_fits(h, guess) ? 1 : 0) : 1;
+    h.go = guessed ? (plan_fits(h, guess) ? 1 : 0) : 1;
+    l.stats->go = h.go;
     if (l.host_stats != nullptr) *l.host_stats = h;
   }
   if (guessed) {  // the guessed merge grid's extra blocks find -1 and stop
@@ -1016,7 +1016,7 @@ cudaError_t launch_emit(int N, const Cam& cam, const Geom& geom, const Scratch& 
   emit_kernel<<<cdiv(N, 256), 256, 0, stream>>>(
       N, cam.grid_x, cam.cull, reinterpret_cast<const ushort4*>(s.rect), s.depth_key,
       (const float2*)geom.xy, (const float4*)geom.conic_o, (const float4*)geom.rgb, lists.cursors,
-      guessed ? lists.go : nullptr, keys);
+      guessed ? &lists.stats->go : nullptr, keys);
   return cudaGetLastError();
 }
 
@@ -1039,7 +1039,7 @@ cudaError_t launch_sort_lists(const TileLists& lists, const ListPlan& plan, bool
                               unsigned long long* keys, unsigned long long* merge_buffer,
                               int* point_list, cudaStream_t stream) {
   if (plan.sort_tiles <= 0) return cudaSuccess;
-  const int* go = guessed ? lists.go : nullptr;
+  const int* go = guessed ? &lists.stats->go : nullptr;
   // The non-empty tiles lead the blending order.
   sort_chunks_kernel<<<plan.sort_tiles * plan.sort_slots, kSortThreads, 0, stream>>>(
       go, lists.order, plan.sort_slots, lists.ranges, keys, point_list);
@@ -1069,7 +1069,7 @@ cudaError_t launch_render_forward(const Cam& cam, const TileLists& lists, bool g
   const StageArrays arr{point_list, (const float2*)geom.xy, (const float4*)geom.conic_o,
                         (const float4*)geom.rgb};
   render_fwd_kernel<<<blocks, 32, 0, stream>>>(cam.W, cam.H, cam.grid_x, cam.cull, cam.seg,
-                                               guessed ? lists.go : nullptr, lists.ranges,
+                                               guessed ? &lists.stats->go : nullptr, lists.ranges,
                                                order, arr, cam.bg, color, final_T, last, split);
   return cudaGetLastError();
 }

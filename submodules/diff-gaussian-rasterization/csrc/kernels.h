@@ -48,7 +48,8 @@ struct ListStats {
   int long_entries;            // entries of those tiles
   int longest;                 // entries of the longest list
   int ckpt_slots;              // the backward split's checkpoint slots (see BwdSplit)
-  int written;                 // 1 once the preprocessing wrote these (see TileLists::host_stats)
+  int go;                      // whether the list phase may run (see ListPlan): 1, or 0 when it
+                               // was launched with a guessed plan that the lists do not fit
 };
 static_assert(sizeof(ListStats) == 32, "ListStats is read as 8 int32 words");
 
@@ -66,8 +67,6 @@ constexpr int kCursorStride = 8;
 //   [2T, 2T+8)       ListStats
 //   [2T+8, 2T+10)    the backward's work-list counters (see BwdSplit)
 //   [2T+10]          blocks of the preprocessing done (its last block lays out the lists)
-//   [2T+11]          1 when the list phase may run: always, except that a phase launched
-//                    with a guessed plan runs only if the lists fit it (see ListPlan)
 //   [C, C+8T)        the tiles' counters / cursors (kCursorStride apart), C = cursor_base(T)
 //   [C+8T, C+12T)    the long tiles, each long tile's offset in the merge buffer, each tile's
 //                    first checkpoint slot, and the order of the tiles by list length, longest
@@ -79,14 +78,13 @@ struct TileLists {
                           // also writes the stats (the host's one read), or null
   int* work_counters;
   unsigned* blocks_done;
-  int* go;
   int* cursors;
   int* long_tiles;
   int* long_offset;
   int* ckpt_base;
   int* order;
 };
-inline size_t cursor_base(int T) { return (2 * (size_t)T + 12 + 31) / 32 * 32; }
+inline size_t cursor_base(int T) { return (2 * (size_t)T + 11 + 31) / 32 * 32; }
 inline size_t tile_lists_zeroed_ints(int T) { return cursor_base(T) + kCursorStride * (size_t)T; }
 inline size_t tile_lists_ints(int T) { return tile_lists_zeroed_ints(T) + 4 * (size_t)T; }
 inline TileLists tile_lists_at(int* base, int T) {
@@ -97,7 +95,6 @@ inline TileLists tile_lists_at(int* base, int T) {
   l.host_stats = nullptr;
   l.work_counters = base + 2 * t + 8;
   l.blocks_done = reinterpret_cast<unsigned*>(base + 2 * t + 10);
-  l.go = base + 2 * t + 11;
   l.cursors = base + c;
   l.long_tiles = base + c + kCursorStride * t;
   l.long_offset = l.long_tiles + t;
@@ -115,9 +112,9 @@ STGA_HD int merge_passes(long long longest) {
 
 // The sizes that the list phase (emission, sort, merges, blending) is launched with. The host
 // may launch it before it knows the lists (ListStats), with a plan guessed from the previous
-// call: the preprocessing's last block then checks plan_fits and sets TileLists::go, every
-// kernel of the phase does nothing unless it is set, and the host, seeing the same, launches the
-// phase again with the exact plan (whose kernels do not look at go).
+// call: the preprocessing's last block then checks plan_fits and sets ListStats::go, every
+// kernel of the phase does nothing unless it is set, and the host, reading the same ListStats,
+// launches the phase again with the exact plan (whose kernels do not look at go).
 struct ListPlan {
   unsigned long long keys_room;   // entries of the keys buffer (and of point_list)
   unsigned long long merge_room;  // entries of the merge buffer, after the keys
@@ -139,15 +136,15 @@ ListPlan exact_plan(const ListStats& s, bool split);
 
 // Per-Gaussian preprocessing. Also counts each tile's entries and, in its last block, lays out
 // the lists (ranges, cursors, the long tiles, checkpoint slots, the tiles' order by length,
-// ListStats, also to lists.host_stats if set) and sets lists.go (against `guess` if not null;
-// then the long tiles' list is also padded with -1 up to guess->merge_tiles).
+// ListStats, also to lists.host_stats if set), go included (against `guess` if not null; then
+// the long tiles' list is also padded with -1 up to guess->merge_tiles).
 cudaError_t launch_preprocess(int N, const Cam& cam, const GaussIn& in, const Geom& geom,
                               const Scratch& s, int* radii, const TileLists& lists,
                               const ListPlan* guess, cudaStream_t stream);
 
 // Writes each tile's entries (depth key << 32 | Gaussian index), in no particular order, into
 // keys at the tile's range (through the tiles' cursors).
-// `guessed`: the plan is a guess (the kernels of the phase check lists.go).
+// `guessed`: the plan is a guess (the kernels of the phase check ListStats::go).
 cudaError_t launch_emit(int N, const Cam& cam, const Geom& geom, const Scratch& s,
                         const TileLists& lists, const ListPlan& plan, bool guessed,
                         unsigned long long* keys, cudaStream_t stream);

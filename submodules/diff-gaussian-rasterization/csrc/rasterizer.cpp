@@ -231,14 +231,15 @@ class StatsMailbox {
     static thread_local StatsMailbox box;
     return box;
   }
-  // Hands `lists` the address to write to and marks the mailbox empty; call before the launch.
+  // Hands `lists` the address to write to and marks the mailbox empty (go -1, which the
+  // preprocessing always overwrites); call before the launch.
   void expect(TileLists& lists) {
     if (host_ == nullptr) {
       STGA_CUDA_CHECK(cudaHostAlloc((void**)&host_, sizeof(ListStats),
                                     cudaHostAllocMapped | cudaHostAllocPortable));
       STGA_CUDA_CHECK(cudaHostGetDevicePointer((void**)&device_, host_, 0));
     }
-    host_->written = 0;
+    host_->go = -1;
     lists.host_stats = device_;
   }
   // Records the point to wait for: after the preprocessing, before anything queued behind it.
@@ -250,7 +251,7 @@ class StatsMailbox {
   ListStats wait() {
     STGA_CUDA_CHECK(cudaEventSynchronize(events_[device_index()]));
     const ListStats st = *host_;  // written by the GPU; read after the (opaque) sync call
-    TORCH_CHECK(st.written == 1, "STGA rasterizer: the preprocessing did not report its lists");
+    TORCH_CHECK(st.go >= 0, "STGA rasterizer: the preprocessing did not report its lists");
     return st;
   }
 
@@ -437,7 +438,7 @@ ForwardOut forward(const at::Tensor& means3D, const at::Tensor& opacities,
                 "STGA rasterizer: the Gaussians cover more than 2^31 (tile, Gaussian) pairs; "
                 "render fewer or smaller Gaussians, or a smaller image");
     hint.remember(st, W, H);
-    last_plan_outcome = !guess ? 0 : plan_fits(st, *guess) ? 1 : 2;
+    last_plan_outcome = !guess ? 0 : st.go == 1 ? 1 : 2;  // the preprocessing's verdict
     if (last_plan_outcome != 1) list_phase(exact_plan(st, split && st.entries > 0), false);
   } else {
     list_phase(exact_plan(st, false), false);  // the background only
