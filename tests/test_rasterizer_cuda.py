@@ -176,6 +176,20 @@ def test_random_scene_sh_degrees(degree):
     check(s, pick(random_scene(600, seed=degree)), seed=degree)
 
 
+@pytest.mark.parametrize("degree,K", [(1, 4), (3, 16)])
+def test_sh_rows_of_exactly_the_used_coefficients(degree, K):
+    """SH rows that hold exactly (degree+1)^2 coefficients (whole float4s) are moved through
+    shared memory by whole warps in the per-Gaussian backward: 161 Gaussians leave a partly
+    filled warp and an empty one in the last block, and some are culled (zero gradients)."""
+    s = make_settings(96, 72, seed=20 + degree, dist=2.0, sh_degree=degree)
+    scene = random_scene(161, seed=20 + degree, spread=2.5, K=K)
+    img, radii, grads = check(s, pick(scene), seed=20 + degree)
+    culled = radii == 0
+    assert culled.any() and (~culled).any()
+    assert (grads["shs"][culled] == 0).all()
+    assert (grads["shs"][~culled].abs().amax(dim=(1, 2)) > 0).any()
+
+
 def test_colors_precomp():
     s = make_settings(128, 96, seed=4)
     check(s, pick(random_scene(500, seed=4), colors=True), seed=4)

@@ -424,9 +424,49 @@ __device__ __forceinline__ int lower_bound(const unsigned long long* a, int n,
 
 // ---------------------------------------------------------------------------------------------
 // Per-Gaussian kernels.
+
+// A warp's SH rows in shared memory: `rows` rows of R4 float4s, contiguous in global memory and
+// S4 float4s apart in shared memory (S4 odd: a lane's float4 accesses to its own row are then free
+// of bank conflicts). All 32 lanes call these; each global access of the warp is one contiguous
+// span, where a lane reading its own row touches one sector per lane per float4.
+template <int R4, int S4>
+__device__ __forceinline__ void rows_to_shared(const float4* __restrict__ src, float4* dst,
+                                               int rows, int lane) {
+  float4 v[R4];
+#pragma unroll
+  for (int q = 0; q < R4; ++q)
+    if (q * 32 + lane < rows * R4) v[q] = src[q * 32 + lane];
+#pragma unroll
+  for (int q = 0; q < R4; ++q) {
+    const int f = q * 32 + lane;
+    if (f < rows * R4) dst[(f / R4) * S4 + f % R4] = v[q];
+  }
+}
+template <int R4, int S4>
+__device__ __forceinline__ void rows_from_shared(const float4* src, float4* __restrict__ dst,
+                                                 int rows, int lane) {
+#pragma unroll
+  for (int q = 0; q < R4; ++q) {
+    const int f = q * 32 + lane;
+    if (f < rows * R4) dst[f] = src[(f / R4) * S4 + f % R4];
+  }
+}
+
+// SH rows moved through shared memory: rows that hold exactly the coefficients used
+// (K = (D+1)^2) in whole float4s (degrees 1 and 3, VEC), R4 float4s each, S4 apart.
+template <int D, bool VEC>
+struct ShStaging {
+  static constexpr int kNB = (D + 1) * (D + 1);
+  static constexpr bool kAble = VEC && D >= 1 && (3 * kNB) % 4 == 0;
+  static constexpr int kR4 = kAble ? 3 * kNB / 4 : 1;
+  static constexpr int kS4 = kR4 % 2 ? kR4 : kR4 + 1;
+  static __device__ __forceinline__ bool on(const Cam& cam) { return kAble && cam.K == kNB; }
+};
+
 // The preprocessing also counts each tile's entries (its cursor) and the total (stats->entries,
 // one 64-bit integer atomic per block, so exact and order-free); its last block lays out the
-// lists.
+// lists. (Its SH rows moved through shared memory as in preprocess_bwd_kernel: 133.5 -> 130.0
+// us at 300k/1604x1100, no change at 100k/802x550; not kept.)
 template <int D, bool VEC>
 __global__ void __launch_bounds__(256)
 preprocess_fwd_kernel(int N, Cam cam, GaussIn in, PreOut out, TileLists lists, ListPlan guess,
@@ -482,16 +522,52 @@ __device__ __forceinline__ void allow_next_kernel() {
 #endif
 }
 
+// 6 blocks of 128 per SM (80 registers): 100k Gaussians in one wave on 132 SMs.
+constexpr int kPreBwdThreads = 128, kPreBwdBlocks = 6;
+
 // Launched as a dependent of the blending pass: its blocks recompute the forward's quantities
 // while the last blending warps finish (on SMs they leave free), then wait for the accumulated
 // gradients. Nothing is written before that wait (the gradients' memory may be what the blending
 // pass is still reading: the forward's buffers, released before the gradients were allocated).
+// When the SH rows hold exactly the coefficients used (K = (D+1)^2, whole float4s), each warp
+// moves its Gaussians' rows into shared memory first and the rows of their gradients out at the
+// end (with each lane reading and writing its own 192-byte rows, ncu counted 59% of the
+// kernel's sectors as excess).
 template <int D, bool VEC>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(kPreBwdThreads, kPreBwdBlocks)
 preprocess_bwd_kernel(int N, Cam cam, GaussIn in, const int* __restrict__ radii,
                       const float* __restrict__ acc, GaussGrad g) {
+  using Stg = ShStaging<D, VEC>;
+  __shared__ float4 rows[Stg::kAble ? kPreBwdThreads * Stg::kS4 : 1];
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < N) preprocess_backward_one<D, VEC>(i, cam, in, radii, acc, g, wait_for_previous_kernel);
+  const int lane = threadIdx.x & 31;
+  const int first = i - lane;                    // the warp's first Gaussian
+  const int nrows = min(32, N - first);          // the warp's Gaussians (<= 0: none)
+  const bool staged = Stg::on(cam);
+  const float* sh_row = in.shs ? in.shs + (size_t)i * cam.K * 3 : nullptr;
+  float* gsh_row = g.shs ? g.shs + (size_t)i * cam.K * 3 : nullptr;
+  float4* warp_rows = rows + (threadIdx.x - lane) * Stg::kS4;
+  if (staged) {
+    if (nrows > 0)
+      rows_to_shared<Stg::kR4, Stg::kS4>(
+          reinterpret_cast<const float4*>(in.shs + (size_t)first * Stg::kNB * 3), warp_rows,
+          nrows, lane);
+    __syncwarp();
+    gsh_row = reinterpret_cast<float*>(warp_rows + lane * Stg::kS4);
+    sh_row = gsh_row;
+  }
+  if (i < N)
+    preprocess_backward_one<D, VEC>(i, cam, in, radii, acc, sh_row, gsh_row, g,
+                                    wait_for_previous_kernel);
+  else
+    wait_for_previous_kernel();  // every lane, before the warp's stores below
+  if (staged) {
+    __syncwarp();
+    if (nrows > 0)
+      rows_from_shared<Stg::kR4, Stg::kS4>(
+          warp_rows, reinterpret_cast<float4*>(g.shs + (size_t)first * Stg::kNB * 3), nrows,
+          lane);
+  }
 }
 
 // Each listed Gaussian's entries (depth key << 32 | index) go to the tiles listing it, at the
@@ -1108,8 +1184,8 @@ cudaError_t launch_backward_preprocess(int N, const Cam& cam, const GaussIn& in,
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(cdiv(N, 256));
-  cfg.blockDim = dim3(256);
+  cfg.gridDim = dim3(cdiv(N, kPreBwdThreads));
+  cfg.blockDim = dim3(kPreBwdThreads);
   cfg.dynamicSmemBytes = 0;
   cfg.stream = stream;
   cfg.attrs = attr;

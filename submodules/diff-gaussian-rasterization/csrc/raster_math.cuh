@@ -624,10 +624,14 @@ STGA_UNROLL
 // Per-Gaussian backward: from the accumulated screen-space gradients (kGradSlots per Gaussian)
 // to the gradients of every input. Culled Gaussians (radius 0) get zeros. wait_for_acc() is
 // called before acc is read and before anything is stored: what comes before it reads only the
-// inputs (on the GPU it overlaps the end of the blending pass, kernels.cu).
+// inputs (on the GPU it overlaps the end of the blending pass, kernels.cu). The Gaussian's SH
+// coefficients are read from sh_row and their gradient (cam.K * 3 floats) written to gsh_row:
+// its rows of in.shs and g.shs, or copies that the caller moves in and out (kernels.cu); the two
+// may be the same memory (every read of sh_row comes before the write).
 template <int D, bool VEC, class Wait>
 STGA_HD void preprocess_backward_one(int i, const Cam& cam, const GaussIn& in, const int* radii,
-                                     const float* acc, const GaussGrad& g, Wait&& wait_for_acc) {
+                                     const float* acc, const float* sh_row, float* gsh_row,
+                                     const GaussGrad& g, Wait&& wait_for_acc) {
   constexpr int NB = (D + 1) * (D + 1);
   if (radii[i] == 0) {
     wait_for_acc();
@@ -637,7 +641,7 @@ STGA_UNROLL
     if (g.colors) for (int k = 0; k < 3; ++k) g.colors[3 * i + k] = 0.f;
     if (g.shs) {
       const float none[1] = {0.f};
-      store_floats<1, VEC>(g.shs + (size_t)i * cam.K * 3, none, cam.K * 3);
+      store_floats<1, VEC>(gsh_row, none, cam.K * 3);
     }
     if (g.cov3D) for (int k = 0; k < 6; ++k) g.cov3D[6 * i + k] = 0.f;
     if (g.scales) for (int k = 0; k < 3; ++k) g.scales[3 * i + k] = 0.f;
@@ -667,7 +671,7 @@ STGA_UNROLL
     il = 1.f / sqrtf(dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2]);
     dir[0] *= il; dir[1] *= il; dir[2] *= il;
     float sh[3 * NB], rgb[3];
-    load_floats<3 * NB, VEC>(in.shs + (size_t)i * cam.K * 3, sh);
+    load_floats<3 * NB, VEC>(sh_row, sh);
     sh_color<D>(sh, dir[0], dir[1], dir[2], rgb, bs);
 STGA_UNROLL
     for (int k = 0; k < 3; ++k) clamped[k] = rgb[k] < 0.f;
@@ -787,7 +791,7 @@ STGA_UNROLL
   } else {
     const float* d = dir;
     float sh[3 * NB];
-    load_floats<3 * NB, VEC>(in.shs + (size_t)i * cam.K * 3, sh);
+    load_floats<3 * NB, VEC>(sh_row, sh);
     float gk[3];
 STGA_UNROLL
     for (int k = 0; k < 3; ++k) gk[k] = clamped[k] ? 0.f : g_rgb[k];
@@ -799,7 +803,7 @@ STGA_UNROLL
       gsh[3 * j + 2] = bs[j] * gk[2];
       gbasis[j] = gk[0] * sh[3 * j] + gk[1] * sh[3 * j + 1] + gk[2] * sh[3 * j + 2];
     }
-    store_floats<3 * NB, VEC>(g.shs + (size_t)i * cam.K * 3, gsh, cam.K * 3);
+    store_floats<3 * NB, VEC>(gsh_row, gsh, cam.K * 3);
     float gd[3];
     sh_basis_backward(D, d[0], d[1], d[2], gbasis, gd[0], gd[1], gd[2]);
     const float dot = gd[0] * d[0] + gd[1] * d[1] + gd[2] * d[2];
