@@ -426,6 +426,38 @@ def test_backward_uses_the_forwards_segments(monkeypatch):
         assert rel(v.grad, ref[k]) <= 1e-5, k
 
 
+def test_segment_length_follows_the_backwards_report(monkeypatch):
+    # Without STGA_RASTER_SEG the forward picks the segment length from the last backward at the
+    # same image size: a first call at an image size no other test uses gets 384; each backward
+    # reports few items for the GPU's persistent warps, so each next call takes one step shorter
+    # (256, 192, then 128, where it stays), with a guessed plan sized for it (the layout counts
+    # the checkpoints of every choice). The image is bitwise the same throughout, the gradients
+    # agree, also with the length fixed, and with the float64 reference.
+    monkeypatch.delenv("STGA_RASTER_SEG", raising=False)
+    from diff_gaussian_rasterization import cuda_backend
+
+    s = make_settings(112, 72, seed=26, dist=3.0, tany=0.3)
+    inputs = split_scene()[1]
+    w = torch.randn(3, 72, 112, generator=torch.Generator().manual_seed(26)).to("cuda")
+    img0, _, g0 = render(s, inputs, "cuda", torch.float32, w)
+    assert cuda_backend._ext._last_segment_length() == 384
+    for want in (256, 192, 128, 128):
+        img, _, g = render(s, inputs, "cuda", torch.float32, w)
+        assert cuda_backend._ext._last_segment_length() == want
+        assert plan_outcome() == 1
+        assert torch.equal(img, img0)
+        for k in g0:
+            assert rel(g[k], g0[k]) <= 1e-5, k
+    monkeypatch.setenv("STGA_RASTER_SEG", "128")
+    img, _, g = render(s, inputs, "cuda", torch.float32, w)
+    assert torch.equal(img, img0)
+    for k in g0:
+        assert rel(g[k], g0[k]) <= 1e-5, k
+    monkeypatch.delenv("STGA_RASTER_SEG")
+    check(s, inputs, seed=26)
+    assert cuda_backend._ext._last_segment_length() == 128
+
+
 def test_segment_length_is_checked(monkeypatch):
     s, inputs = split_scene()
     monkeypatch.setenv("STGA_RASTER_SEG", "100")

@@ -204,6 +204,7 @@ __device__ void layout_lists(int T, int seg, const TileLists& l, const ListPlan&
   static_assert(kLengthClasses <= 256, "classes fit a byte");
   // entries, non-empty tiles, long tiles, long entries, checkpoint slots
   unsigned carry[5] = {0u, 0u, 0u, 0u, 0u};
+  unsigned alt[kSegChoices] = {0u, 0u, 0u, 0u};  // checkpoint slots with each choice
   int longest = 0;
   for (int base = 0; base < T; base += 256 * kItems) {
     const int first = base + threadIdx.x * kItems;
@@ -219,6 +220,8 @@ __device__ void layout_lists(int T, int seg, const TileLists& l, const ListPlan&
       at[2] += is_long ? 1u : 0u;
       at[3] += is_long ? c[k] : 0u;
       at[4] += ckpt_slots_of(c[k], seg);
+#pragma unroll
+      for (int q = 0; q < kSegChoices; ++q) alt[q] += ckpt_slots_of(c[k], segment_choice(q));
       longest = max(longest, (int)c[k]);
     }
     unsigned total[5];
@@ -247,13 +250,26 @@ __device__ void layout_lists(int T, int seg, const TileLists& l, const ListPlan&
     for (int k = 0; k < 5; ++k) carry[k] += total[k];
   }
   __shared__ int s_max[8];
+  __shared__ unsigned s_alt[8][kSegChoices];
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1)
+  for (int off = 16; off > 0; off >>= 1) {
     longest = max(longest, __shfl_xor_sync(kFull, longest, off));
-  if ((threadIdx.x & 31) == 0) s_max[threadIdx.x >> 5] = longest;
+#pragma unroll
+    for (int q = 0; q < kSegChoices; ++q) alt[q] += __shfl_xor_sync(kFull, alt[q], off);
+  }
+  if ((threadIdx.x & 31) == 0) {
+    s_max[threadIdx.x >> 5] = longest;
+#pragma unroll
+    for (int q = 0; q < kSegChoices; ++q) s_alt[threadIdx.x >> 5][q] = alt[q];
+  }
   __syncthreads();  // also: s_class holds every tile, and this block's ranges are visible
   if (threadIdx.x == 0) {
     for (int w = 1; w < 8; ++w) longest = max(longest, s_max[w]);
+    for (int q = 0; q < kSegChoices; ++q) {
+      unsigned a = 0u;
+      for (int w = 0; w < 8; ++w) a += s_alt[w][q];
+      l.stats->ckpt_slots_at[q] = (int)a;
+    }
     l.stats->nonempty = (int)carry[1];
     l.stats->num_long = (int)carry[2];
     l.stats->long_entries = (int)carry[3];
@@ -954,6 +970,8 @@ render_bwd_kernel(int W, int H, int cull, int seg, int grid_x, int grid_y,
   // Without a work list (split off) every patch is one item, blended over its whole list.
   const bool listed = work != nullptr;
   const int items = listed ? *(volatile const int*)counters : patches_x * grid_y * kPatchesY;
+  if (split.report != nullptr && blockIdx.x == 0 && lane == 0)
+    *split.report = SegReport{items, (int)gridDim.x, seg, W, H};
   // This lane's share of the reduced sums: value o = k * 9 + slot of group member k.
   const int o0 = xpose_origin(lane, 0), o1 = xpose_origin(lane, 1);
   const int k0 = o0 >= 0 ? o0 / kGradSlots : kBwdGroup, sl0 = o0 >= 0 ? o0 % kGradSlots : 0;

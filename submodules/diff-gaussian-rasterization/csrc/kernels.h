@@ -50,8 +50,9 @@ struct ListStats {
   int ckpt_slots;              // the backward split's checkpoint slots (see BwdSplit)
   int go;                      // whether the list phase may run (see ListPlan): 1, or 0 when it
                                // was launched with a guessed plan that the lists do not fit
+  int ckpt_slots_at[4];        // the checkpoint slots with each of the segment_choice lengths
 };
-static_assert(sizeof(ListStats) == 32, "ListStats is read as 8 int32 words");
+static_assert(sizeof(ListStats) == 48, "ListStats is 12 int32 words of TileLists");
 
 // Tile lists are sorted by depth in shared memory in chunks of up to kSortChunk entries, one block
 // per chunk; longer lists then merge their sorted runs in passes over the whole GPU.
@@ -64,9 +65,9 @@ constexpr int kCursorStride = 8;
 // The per-tile list bookkeeping, in one int32 allocation of tile_lists_ints(T) words for T tiles,
 // of which the first tile_lists_zeroed_ints(T) are zeroed by the caller before the preprocessing:
 //   [0, 2T)          ranges: each tile's [start, end) in point_list (int2)
-//   [2T, 2T+8)       ListStats
-//   [2T+8, 2T+10)    the backward's work-list counters (see BwdSplit)
-//   [2T+10]          blocks of the preprocessing done (its last block lays out the lists)
+//   [2T, 2T+12)      ListStats
+//   [2T+12, 2T+14)   the backward's work-list counters (see BwdSplit)
+//   [2T+14]          blocks of the preprocessing done (its last block lays out the lists)
 //   [C, C+8T)        the tiles' counters / cursors (kCursorStride apart), C = cursor_base(T)
 //   [C+8T, C+12T)    the long tiles, each long tile's offset in the merge buffer, each tile's
 //                    first checkpoint slot, and the order of the tiles by list length, longest
@@ -84,7 +85,7 @@ struct TileLists {
   int* ckpt_base;
   int* order;
 };
-inline size_t cursor_base(int T) { return (2 * (size_t)T + 11 + 31) / 32 * 32; }
+inline size_t cursor_base(int T) { return (2 * (size_t)T + 15 + 31) / 32 * 32; }
 inline size_t tile_lists_zeroed_ints(int T) { return cursor_base(T) + kCursorStride * (size_t)T; }
 inline size_t tile_lists_ints(int T) { return tile_lists_zeroed_ints(T) + 4 * (size_t)T; }
 inline TileLists tile_lists_at(int* base, int T) {
@@ -93,8 +94,8 @@ inline TileLists tile_lists_at(int* base, int T) {
   l.ranges = reinterpret_cast<int2*>(base);
   l.stats = reinterpret_cast<ListStats*>(base + 2 * t);
   l.host_stats = nullptr;
-  l.work_counters = base + 2 * t + 8;
-  l.blocks_done = reinterpret_cast<unsigned*>(base + 2 * t + 10);
+  l.work_counters = base + 2 * t + 12;
+  l.blocks_done = reinterpret_cast<unsigned*>(base + 2 * t + 14);
   l.cursors = base + c;
   l.long_tiles = base + c + kCursorStride * t;
   l.long_offset = l.long_tiles + t;
@@ -161,15 +162,31 @@ cudaError_t launch_sort_lists(const TileLists& lists, const ListPlan& plan, bool
 // it per unit transmittance, at slot ckpt_base[tile] + k - 1 (ListStats::ckpt_slots slots in
 // all); work holds (patch, segment) items; counters[0] counts the items, counters[1] the items
 // taken by the backward (both zeroed by the caller; TileLists::work_counters).
-constexpr int kDefaultSeg = 384;   // positions per segment unless STGA_RASTER_SEG says otherwise
+//
+// The segment length is chosen per call among segment_choice(0..3) (rasterizer.cpp): shorter
+// segments make more, shorter items, which balance the backward when the items are few for the
+// GPU's persistent warps, at the cost of more checkpoints. The backward blending reports its
+// items, warps, segment length and image size (SegReport) to mapped host memory for the next
+// call's choice.
+constexpr int kSegChoices = 4;
+STGA_HD constexpr int segment_choice(int k) {
+  return k == 0 ? 384 : k == 1 ? 256 : k == 2 ? 192 : 128;
+}
+static_assert(sizeof(ListStats::ckpt_slots_at) == kSegChoices * sizeof(int),
+              "ListStats counts the checkpoints of every choice");
+constexpr int kDefaultSeg = 384;   // with no report for the image size, or STGA_RASTER_SEG
 constexpr int kPatchesPerTile = 8;
 constexpr int kBlockPixels = kTile * kTile;
+struct SegReport {
+  int items, warps, seg, W, H;
+};
 struct BwdSplit {
   float4* ckpt;           // (ckpt_slots x kBlockPixels)
   int2* work;             // (capacity)
   size_t capacity;        // work_capacity(...)
   int* counters;          // (2)
   const int* ckpt_base;   // TileLists::ckpt_base
+  SegReport* report;      // mapped host memory (the backward writes it), or null
 };
 // Work items of the split: at most one per segment of each of a tile's 8 patches.
 inline size_t work_capacity(int num_tiles, int ckpt_slots) {

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <mutex>
 #include <optional>
@@ -78,11 +79,11 @@ bool switched(const char* name) {
   return v != nullptr && v[0] == '1';
 }
 
-// List positions per backward segment: STGA_RASTER_SEG (a positive multiple of 32), for
-// measurements, else kDefaultSeg.
-int segment_length() {
+// A fixed number of list positions per backward segment from STGA_RASTER_SEG (a positive
+// multiple of 32, for measurements and tests), or 0 when it is not set.
+int fixed_segment_length() {
   const char* v = std::getenv("STGA_RASTER_SEG");
-  if (v == nullptr || v[0] == '\0') return kDefaultSeg;
+  if (v == nullptr || v[0] == '\0') return 0;
   char* end = nullptr;
   const long n = std::strtol(v, &end, 10);
   TORCH_CHECK(*end == '\0' && n >= 32 && n % 32 == 0 && n <= (1L << 20),
@@ -261,6 +262,61 @@ class StatsMailbox {
   cudaEvent_t events_[kMaxDevices] = {};
 };
 
+// The backward blending's last report per device (kernels.h: SegReport), in mapped, pinned host
+// memory that its kernel writes; made on first use and never freed.
+class SegReports {
+ public:
+  static SegReports& instance() {
+    static SegReports r;
+    return r;
+  }
+  // The device address for the backward kernel of device `dev`.
+  SegReport* device_slot(int dev) {
+    init();
+    return device_ + dev;
+  }
+  // A copy of device `dev`'s last report (all zeros before any). Read while a backward may be
+  // writing it: a torn copy only makes one call's choice less apt.
+  SegReport last(int dev) {
+    init();
+    const volatile SegReport& r = host_[dev];
+    return SegReport{r.items, r.warps, r.seg, r.W, r.H};
+  }
+
+ private:
+  void init() {
+    std::call_once(once_, [this] {
+      STGA_CUDA_CHECK(cudaHostAlloc((void**)&host_, sizeof(SegReport) * kMaxDevices,
+                                    cudaHostAllocMapped | cudaHostAllocPortable));
+      std::memset((void*)host_, 0, sizeof(SegReport) * kMaxDevices);
+      STGA_CUDA_CHECK(cudaHostGetDevicePointer((void**)&device_, (void*)host_, 0));
+    });
+  }
+  std::once_flag once_;
+  volatile SegReport* host_ = nullptr;
+  SegReport* device_ = nullptr;
+};
+
+// The backward's segment length for a call at W x H, among segment_choice(0..3) (kernels.h),
+// from the last backward at the same image size (else kDefaultSeg): one step shorter when it
+// had fewer than 2 items per persistent warp, one step longer when it had more than 6, else the
+// same. Shorter segments make more, shorter items: at 100k Gaussians / 802x550, 1.5 items per
+// warp with 384 positions left the SMs 40% idle behind the longest items, and with 192,
+// render_bwd took 92 instead of 111 us; at 300k / 1604x1100, 5 per warp kept them 90% busy.
+// Checkpoint memory grows as segments shorten, but only where items are few. (A step changes
+// the items by at most 2x, so the choice settles instead of going back and forth.)
+int choose_segment_length(int64_t W, int64_t H) {
+  if (const int fixed = fixed_segment_length()) return fixed;
+  const SegReport r = SegReports::instance().last(device_index());
+  if (r.W != W || r.H != H || r.items <= 0 || r.warps <= 0) return kDefaultSeg;
+  int k = 0;
+  while (k < kSegChoices && segment_choice(k) != r.seg) ++k;
+  if (k == kSegChoices) return kDefaultSeg;
+  if (r.items < 2 * r.warps && k + 1 < kSegChoices) return segment_choice(k + 1);
+  if (r.items > 6 * r.warps && k > 0) return segment_choice(k - 1);
+  return r.seg;
+}
+
 // The list phase (emission, sort, merges, blending) is launched right behind the preprocessing,
 // before the host knows the lists, with a plan sized from the previous call's lists on the device
 // (kernels.h: ListPlan); the host then checks the plan against the lists and, if they do not
@@ -275,20 +331,27 @@ class ListHint {
     static ListHint hints[kMaxDevices];
     return hints[dev];
   }
-  void remember(const ListStats& st, int64_t W, int64_t H) {
+  void remember(const ListStats& st, int64_t W, int64_t H, int seg) {
     const std::lock_guard<std::mutex> lock(mutex_);
     last_ = st;
     w_ = W;
     h_ = H;
+    seg_ = seg;
     valid_ = true;
   }
-  std::optional<ListPlan> plan(int64_t W, int64_t H, int num_tiles, bool split) {
+  std::optional<ListPlan> plan(int64_t W, int64_t H, int num_tiles, bool split, int seg) {
     if (switched("STGA_RASTER_NO_PLAN")) return std::nullopt;
     ListStats h;
     {
       const std::lock_guard<std::mutex> lock(mutex_);
       if (!valid_ || w_ != W || h_ != H) return std::nullopt;
       h = last_;
+      if (seg != seg_) {  // the checkpoints with another segment length, if it is a choice
+        int k = 0;
+        while (k < kSegChoices && segment_choice(k) != seg) ++k;
+        if (k == kSegChoices) return std::nullopt;
+        h.ckpt_slots = h.ckpt_slots_at[k];
+      }
     }
     constexpr unsigned long long kMaxEntries = 1ull << 26;
     if (h.entries == 0 || h.entries > kMaxEntries) return std::nullopt;
@@ -311,12 +374,15 @@ class ListHint {
   std::mutex mutex_;
   ListStats last_{};
   int64_t w_ = 0, h_ = 0;
+  int seg_ = 0;
   bool valid_ = false;
 };
 
 // Which plan the calling thread's last forward used: 0 none (the phase after the sync), 1 the
 // guessed one, 2 the guessed one did not fit (the phase ran again). Read by tests.
 thread_local int last_plan_outcome = 0;
+// The segment length of the calling thread's last forward (tests).
+thread_local int last_segment_length = 0;
 
 // The forward's per-Gaussian and per-tile state that the backward reads, in one int32
 // allocation: Geom (N x kGeomFloats floats), then TileLists (tile_lists_ints(T) words) at a
@@ -423,7 +489,7 @@ ForwardOut forward(const at::Tensor& means3D, const at::Tensor& opacities,
     scratch = at::empty({(int64_t)N * kScratchWords}, iopt);
     s = scratch_at(scratch.data_ptr<int>(), N);
     ListHint& hint = ListHint::of_device(device_index());
-    const std::optional<ListPlan> guess = hint.plan(W, H, num_tiles, split);
+    const std::optional<ListPlan> guess = hint.plan(W, H, num_tiles, split, seg);
     StatsMailbox& mailbox = StatsMailbox::of_this_thread();
     mailbox.expect(lists);
     STGA_CUDA_CHECK(launch_preprocess(N, cam, p.in, geom, s, out.radii.data_ptr<int>(), lists,
@@ -437,7 +503,7 @@ ForwardOut forward(const at::Tensor& means3D, const at::Tensor& opacities,
     TORCH_CHECK(st.entries <= (unsigned long long)std::numeric_limits<int>::max(),
                 "STGA rasterizer: the Gaussians cover more than 2^31 (tile, Gaussian) pairs; "
                 "render fewer or smaller Gaussians, or a smaller image");
-    hint.remember(st, W, H);
+    hint.remember(st, W, H, seg);
     last_plan_outcome = !guess ? 0 : st.go == 1 ? 1 : 2;  // the preprocessing's verdict
     if (last_plan_outcome != 1) list_phase(exact_plan(st, split && st.entries > 0), false);
   } else {
@@ -474,7 +540,9 @@ at::Tensor backward_render(const at::Tensor& grad_color, const at::Tensor& means
                   pixels.numel() == (int64_t)pixel_state_ints(H * W, num_tiles, ckpt_slots),
               "STGA rasterizer: the forward's state does not match the backward's call");
   const TileLists tl = state_lists(state.data_ptr<int>(), N, num_tiles);
-  const PixelState ps = pixel_state_at(pixels.data_ptr<int>(), H * W, num_tiles, ckpt_slots, tl);
+  PixelState ps = pixel_state_at(pixels.data_ptr<int>(), H * W, num_tiles, ckpt_slots, tl);
+  if (ps.split.work != nullptr)  // the next forward's segment length comes from this report
+    ps.split.report = SegReports::instance().device_slot(device_index());
   at::Tensor acc = at::empty({(int64_t)N * kGradSlots}, means3D.options().dtype(at::kFloat));
   STGA_CUDA_CHECK(launch_backward_render(N, cam, (const int*)tl.ranges,
                                          point_list.data_ptr<int>(), R,
@@ -568,7 +636,8 @@ class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
       const at::Tensor& viewmatrix, const at::Tensor& projmatrix, const at::Tensor& campos,
       const at::Tensor& bg, int64_t W, int64_t H, double tanfovx, double tanfovy,
       double scale_modifier, int64_t sh_degree, bool need_backward) {
-    const int seg = segment_length();
+    const int seg = choose_segment_length(W, H);
+    last_segment_length = seg;
     ForwardOut out =
         stga::forward(means3D, opacities, shs, colors, scales, rots, cov3D, viewmatrix,
                       projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree,
@@ -690,6 +759,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "rasterize(means3D, means2D, opacities, shs, colors, scales, rotations, cov3D, "
         "viewmatrix, projmatrix, campos, bg, W, H, tanfovx, tanfovy, scale_modifier, sh_degree) "
         "-> [color, radii], differentiable (C++ autograd function)");
+  m.def("_last_segment_length", [] { return stga::last_segment_length; },
+        "for tests: the backward segment length that the calling thread's last forward chose");
   m.def("_last_plan_outcome", [] { return stga::last_plan_outcome; },
         "for tests: how the calling thread's last forward launched its list phase (0: after the "
         "sync, 1: before it, with a guessed plan, 2: the guess did not fit and it ran again)");
