@@ -172,6 +172,12 @@ constexpr int kSegChoices = 4;
 STGA_HD constexpr int segment_choice(int k) {
   return k == 0 ? 384 : k == 1 ? 256 : k == 2 ? 192 : 128;
 }
+// k with segment_choice(k) == seg, or -1 when seg is not a choice.
+inline int segment_choice_index(int seg) {
+  for (int k = 0; k < kSegChoices; ++k)
+    if (segment_choice(k) == seg) return k;
+  return -1;
+}
 static_assert(sizeof(ListStats::ckpt_slots_at) == kSegChoices * sizeof(int),
               "ListStats counts the checkpoints of every choice");
 constexpr int kDefaultSeg = 384;   // with no report for the image size, or STGA_RASTER_SEG

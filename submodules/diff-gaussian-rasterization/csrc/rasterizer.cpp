@@ -309,9 +309,8 @@ int choose_segment_length(int64_t W, int64_t H) {
   if (const int fixed = fixed_segment_length()) return fixed;
   const SegReport r = SegReports::instance().last(device_index());
   if (r.W != W || r.H != H || r.items <= 0 || r.warps <= 0) return kDefaultSeg;
-  int k = 0;
-  while (k < kSegChoices && segment_choice(k) != r.seg) ++k;
-  if (k == kSegChoices) return kDefaultSeg;
+  const int k = segment_choice_index(r.seg);
+  if (k < 0) return kDefaultSeg;
   if (r.items < 2 * r.warps && k + 1 < kSegChoices) return segment_choice(k + 1);
   if (r.items > 6 * r.warps && k > 0) return segment_choice(k - 1);
   return r.seg;
@@ -347,9 +346,8 @@ class ListHint {
       if (!valid_ || w_ != W || h_ != H) return std::nullopt;
       h = last_;
       if (seg != seg_) {  // the checkpoints with another segment length, if it is a choice
-        int k = 0;
-        while (k < kSegChoices && segment_choice(k) != seg) ++k;
-        if (k == kSegChoices) return std::nullopt;
+        const int k = segment_choice_index(seg);
+        if (k < 0) return std::nullopt;
         h.ckpt_slots = h.ckpt_slots_at[k];
       }
     }
