@@ -11,19 +11,20 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
+from scene import DEMO_SOURCE, DEMO_SOURCES
 from utils.atomic import atomic_path
 
-DEMO_SOURCE = "demo"
 DEFAULT_ITERATIONS = 50_000
-DEMO_ITERATIONS = 3_000
+DEMO_ITERATIONS = 2_000
 CONFIG_NAME = "cfg_args.json"
 
 
 def add_model_args(parser: argparse.ArgumentParser, source_required: bool = True) -> None:
     g = parser.add_argument_group("model and data")
     g.add_argument("-s", "--source_path", required=source_required, default=None,
-                   help="dataset folder in the STGA format, or 'demo' for the built-in synthetic "
-                        "head (generated on first use into ~/.cache/stga or $STGA_CACHE)")
+                   help="dataset folder in the STGA format, or 'demo' / 'demo-large' for the "
+                        "built-in realistic head (CPU-sized / NeRSemble-sized; generated on first "
+                        "use into ~/.cache/stga or $STGA_CACHE)")
     g.add_argument("-m", "--model_path", default=None,
                    help="output folder of the model (default: output/<dataset name>)")
     g.add_argument("-r", "--resolution", type=float, default=-1,
@@ -131,7 +132,10 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
 def model_path_for(args: argparse.Namespace) -> Path:
     if args.model_path:
         return Path(args.model_path)
-    name = "demo" if args.source_path == DEMO_SOURCE else Path(args.source_path).resolve().name
+    if args.source_path in DEMO_SOURCES and not Path(args.source_path).is_dir():
+        name = args.source_path
+    else:
+        name = Path(args.source_path).resolve().name
     return Path("output") / name
 
 

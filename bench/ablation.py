@@ -1,8 +1,9 @@
 """The STGA ablation: plain training vs frame-grouped order vs frame-grouped with selection.
 
-    python bench/ablation.py [-s demo] [--iterations 3000] [--arms plain grouped paper]
+    python bench/ablation.py [-s demo-large] [--iterations 3000] [--arms plain grouped paper]
 
-Trains each arm with the same seed and iteration count, then scores the test and val splits over
+Trains each arm with the same seed and iteration count, on a white background (as NeRSemble's
+images), then scores the test and val splits over
 the whole image and inside the mouth and eye regions (from the dataset's ``regions/`` label maps:
 2 = mouth, 3 = eyes), and reports the training time per iteration. Prints a Markdown table and
 writes ``<out>/ablation.json``.
@@ -63,7 +64,8 @@ def score(trainer: train.Trainer) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-s", "--source_path", default="demo", help="dataset (default: demo)")
+    parser.add_argument("-s", "--source_path", default="demo-large",
+                        help="dataset (default: demo-large, the realistic head at 550x802)")
     parser.add_argument("--iterations", type=int, default=3000, help="iterations per arm")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
                         help="which arms to train")
@@ -75,7 +77,7 @@ def main() -> int:
     extra = [a for a in args.extra if a != "--"]
     results = {}
     for arm in args.arms:
-        argv = ["-s", args.source_path, "-m", f"{args.out}/{arm}", "--quiet",
+        argv = ["-s", args.source_path, "-m", f"{args.out}/{arm}", "--quiet", "-w",
                 "--iterations", str(args.iterations), "--test_iterations", "-1",
                 "--save_iterations", str(args.iterations), *ARMS[arm], *extra]
         if args.device:

@@ -2,11 +2,12 @@
 # On a GPU machine (repo root as cwd): the whole test suite, the demo trained/rendered/scored on
 # the GPU, and the selection ablation. Wheels for missing packages are taken from .whl/.
 #
-#   bash bench/device_train.sh [tests] [cudatests] [demo] [demo_ab] [ablation ITERATIONS ...]
-#                              [train_step] [run50k]
+#   bash bench/device_train.sh [tests] [cudatests] [head] [demo] [demo_ab]
+#                              [ablation ITERATIONS ...] [train_step] [run50k]
 # cudatests: the CUDA-marked tests one file at a time (a crash names its file); demo_ab: the demo
 # trained with and without the fused kernels (quality check); run50k: the wall-clock of a
-# paper-length train.py run on bench/train_step.py's 802x550 dataset.
+# paper-length train.py run on bench/train_step.py's dataset; head: the realistic head's large
+# variant (-s demo-large) generated on the GPU into the cache, timed (later stages reuse it).
 set -u
 OUT=${OUT:-/tmp/stga_out}
 mkdir -p "$OUT"
@@ -34,6 +35,13 @@ while [ $# -gt 0 ]; do
           echo "$f: $(grep -E "passed|failed|error|Fatal" "$log" | tail -1)"
         fi
       done ;;
+    head)
+      say "realistic head, large variant, generated on the GPU"
+      /usr/bin/time -f "head large wall %e s" python3 -c "
+import time; t = time.perf_counter()
+from tools.ict_head import ensure_head_dataset
+print(ensure_head_dataset('large'), f'{time.perf_counter() - t:.1f} s in the generator')" 2>&1 | tr '\r' '\n' | grep -v "rendering:" | tee "$OUT/head_large.txt"
+      du -sh "$STGA_CACHE"/head_large_* | tee -a "$OUT/head_large.txt" ;;
     demo_ab)
       say "demo with and without the fused kernels"
       for fused in 1 0; do
@@ -54,13 +62,13 @@ print(t.prepare_dataset(t.build_parser().parse_args([])))" | tail -1)
       tr '\r' '\n' < "$OUT/run50k.txt" | grep -E "ITER|wall|done|Initialised|images in" ;;
     demo)
       say "demo: train / render / metrics on the GPU"
-      /usr/bin/time -f "train wall %e s" python3 train.py -s demo -m /tmp/gpu_demo --quiet 2>&1 | tail -5
-      python3 render.py -m /tmp/gpu_demo --quiet && python3 metrics.py -m /tmp/gpu_demo --quiet 2>&1 | tail -6
+      /usr/bin/time -f "train wall %e s" python3 train.py -s demo -w -m /tmp/gpu_demo --quiet 2>&1 | tail -5
+      python3 render.py -m /tmp/gpu_demo --quiet && python3 metrics.py -m /tmp/gpu_demo --masks --quiet 2>&1 | tail -8
       cp /tmp/gpu_demo/results.json "$OUT/demo_results.json" ;;
     ablation)
       shift; its=$1
       say "ablation at $its iterations"
-      python3 bench/ablation.py --iterations "$its" --out "/tmp/ablation_$its" 2>&1 | tail -9 | tee "$OUT/ablation_$its.txt" ;;
+      python3 bench/ablation.py --iterations "$its" --out "/tmp/ablation_$its" 2>&1 | tail -12 | tee "$OUT/ablation_$its.txt" ;;
     train_step)
       say "training step, phase by phase"
       python3 bench/train_step.py --json "$OUT/train_step.json" 2>&1 | tail -40 | tee "$OUT/train_step.txt" ;;

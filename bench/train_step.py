@@ -1,10 +1,11 @@
 """Time train.py's real training step, phase by phase, on a GPU or the CPU.
 
-    python bench/train_step.py            # 802x550, 16 cameras, ~100k Gaussians, paper and none
-    python bench/train_step.py --device cpu --width 200 --height 138 --cameras 4 \\
-        --gaussians 10000 --iterations 20 --warmup 5       # a small CPU smoke run
+    python bench/train_step.py            # -s demo-large: 550x802, 16 cameras, 100k Gaussians
+    python bench/train_step.py --device cpu --width 110 --height 160 --cameras 4 \\
+        --keyframes 4 --gaussians 10000 --iterations 20 --warmup 5   # a small CPU smoke run
 
-The data set is the demo head written at the requested size (cached, so later runs reuse it).
+The data set is the realistic head's large variant (``-s demo-large``), or that variant at the
+requested size (cached, so later runs reuse it).
 Each configuration (``--configs``) trains a fresh ``train.Trainer`` twice, through its own
 ``run()`` loop and from the same seed, so both passes do exactly the same iterations:
 
@@ -48,9 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
 from scene.cameras import Camera  # noqa: E402
-from scene.demo_head import build_head_mesh  # noqa: E402
-from scene.demo_head.writer import (FORMAT_VERSION, default_cache_dir,  # noqa: E402
-                                    write_demo_dataset)
+from tools.ict_head.writer import (FORMAT_VERSION, default_cache_dir,  # noqa: E402
+                                   ensure_head_dataset, write_head_dataset)
 
 PHASES = ("data", "select", "binding", "render", "loss", "backward", "step", "densify", "other")
 CONFIGS = {"paper": ["--selection", "paper"], "none": ["--selection", "none"]}
@@ -59,34 +59,34 @@ TRAIN_OVERRIDES = ["--global_warmup", "0", "--densify_from_iter", "0"]
 
 
 # --- data -----------------------------------------------------------------------------------
-def points_per_face(gaussians: int) -> int:
-    """Initial points per face of the demo mesh closest to ``gaussians`` in all (at least 1)."""
-    return max(1, round(gaussians / build_head_mesh().num_faces))
+SIZE_OPTIONS = {"width": "width", "height": "height", "cameras": "n_cameras",
+                "keyframes": "n_train", "gaussians": "points", "supersample": "supersample"}
 
 
 def prepare_dataset(args: argparse.Namespace) -> Path:
-    """The dataset folder: ``--data`` as is when it holds a dataset, else the demo written there
-    (or into the cache) at the requested size; generation is atomic, so a cached copy is whole."""
-    per_face = points_per_face(args.gaussians)
+    """The dataset folder: ``--data`` as is when it holds a dataset, else the realistic head's
+    large variant (``-s demo-large``, cached) or, with size options, that variant resized and
+    written there (or into the cache); generation is atomic, so a cached copy is whole."""
+    overrides = {field: getattr(args, opt) for opt, field in SIZE_OPTIONS.items()
+                 if getattr(args, opt) is not None}
     if args.data is not None:
         path = Path(args.data)
         if (path / "transforms_train.json").is_file():
             print(f"Using the dataset in {path} (size options ignored)")
             return path
+    elif not overrides:
+        return ensure_head_dataset("large")
     else:
-        name = (f"bench_train_step_v{FORMAT_VERSION}_{args.width}x{args.height}_c{args.cameras}"
-                f"_k{args.keyframes}_p{per_face}_ss{args.supersample}")
-        path = default_cache_dir() / name
+        tag = "_".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+        path = default_cache_dir() / f"bench_train_step_head_v{FORMAT_VERSION}_{tag}"
         if (path / "transforms_train.json").is_file():
             print(f"Reusing the cached dataset {path}")
             return path
-    print(f"Writing the demo head at {args.width}x{args.height}, {args.cameras} cameras, "
-          f"{per_face} initial points per face into {path}")
+    print(f"Writing the realistic head (large variant with {overrides or 'its own sizes'}) "
+          f"into {path}")
     start = time.perf_counter()
     try:
-        write_demo_dataset(path, width=args.width, height=args.height, n_cameras=args.cameras,
-                           n_train_frames=args.keyframes, supersample=args.supersample,
-                           points_per_face=per_face)
+        write_head_dataset(path, "large", **overrides)
     except FileExistsError:
         if not (path / "transforms_train.json").is_file():  # a stale, incomplete folder
             raise
@@ -420,25 +420,24 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Formatter)
-    d = parser.add_argument_group("data (the demo head, generated once and cached)")
-    d.add_argument("--width", type=int, default=802, help="image width in pixels")
-    d.add_argument("--height", type=int, default=550, help="image height in pixels")
-    d.add_argument("--cameras", type=int, default=16,
-                   help="training cameras (the demo adds one held-out camera for its val split)")
-    d.add_argument("--gaussians", type=int, default=100_000,
-                   help="initial Gaussians, rounded to a whole number of points per face of the "
-                        "4336-face demo mesh (100000 -> 23 per face = 99728)")
-    d.add_argument("--keyframes", type=int, default=24,
-                   help="training keyframes of the demo sequence (each seen by every camera)")
-    d.add_argument("--supersample", type=int, default=1,
-                   help="anti-aliasing of the generated ground truth; 1 keeps generation at "
-                        "802x550 to about a minute (3, the demo's default, takes several) and "
-                        "hardly changes what a training step costs")
+    d = parser.add_argument_group(
+        "data (the realistic head's large variant, -s demo-large: 550x802, 16 cameras, "
+        "64 training keyframes, 100k initial Gaussians; generated once and cached)")
+    d.add_argument("--width", type=int, default=None, help="image width in pixels")
+    d.add_argument("--height", type=int, default=None, help="image height in pixels")
+    d.add_argument("--cameras", type=int, default=None,
+                   help="cameras on the arc, the held-out val camera included")
+    d.add_argument("--gaussians", type=int, default=None,
+                   help="initial Gaussians (points3d.ply, spread over the faces by area)")
+    d.add_argument("--keyframes", type=int, default=None,
+                   help="training keyframes (each seen by every training camera)")
+    d.add_argument("--supersample", type=int, default=None,
+                   help="anti-aliasing of the generated ground truth (samples per pixel side)")
     d.add_argument("--data", default=None,
                    help="dataset folder: used as is when it holds a dataset (any STGA dataset; "
-                        "the size options are then ignored), else the demo is written there; "
-                        "default: a folder named after the sizes under $STGA_CACHE "
-                        "(or ~/.cache/stga)")
+                        "the size options are then ignored), else the head is written there; "
+                        "default: the cached large variant, or with size options a folder named "
+                        "after them under $STGA_CACHE (or ~/.cache/stga)")
     r = parser.add_argument_group("timing")
     r.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                    help="paper: train.py's default selective training; none: --selection none "

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: ``-s`` names of the built-in realistic head, and the size each one generates.
+DEMO_SOURCES = {"demo": "demo", "demo-large": "large"}
 DEMO_SOURCE = "demo"
 
 
 def resolve_source(source: str, quiet: bool = False) -> Path:
-    """Dataset folder for ``-s``: a path, or 'demo' for the built-in synthetic head.
+    """Dataset folder for ``-s``: a path, or 'demo' / 'demo-large' for the built-in head.
 
-    The demo is generated on first use into a cache folder and reused afterwards.
+    The built-in head is generated on first use into a cache folder (on the GPU when there is
+    one) and reused afterwards; a folder of that name in the working directory wins.
     """
-    if source == DEMO_SOURCE and not Path(source).is_dir():
-        from scene.demo_head import ensure_demo_dataset
+    if source in DEMO_SOURCES and not Path(source).is_dir():
+        from tools.ict_head import ensure_head_dataset   # heavy: only when asked for
 
-        return ensure_demo_dataset()
+        return ensure_head_dataset(DEMO_SOURCES[source])
     return Path(source)

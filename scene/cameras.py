@@ -27,6 +27,19 @@ def opengl_c2w_to_opencv_w2c(c2w: np.ndarray) -> np.ndarray:
     return np.linalg.inv(c2w)
 
 
+def look_at_gl(position: np.ndarray, target: np.ndarray,
+               up: np.ndarray = np.array([0.0, 1.0, 0.0])) -> np.ndarray:
+    """OpenGL camera-to-world of a camera at ``position`` looking at ``target`` (y up)."""
+    back = position - target
+    back = back / np.linalg.norm(back)
+    right = np.cross(up, back)
+    right = right / np.linalg.norm(right)
+    upv = np.cross(back, right)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, upv, back, position
+    return m
+
+
 def intrinsics_from_fov(fov_x: float, fov_y: float, width: int, height: int) -> np.ndarray:
     """K of a centred camera with full fields of view ``fov_x``, ``fov_y`` (radians)."""
     fx = width / (2.0 * math.tan(fov_x / 2.0))

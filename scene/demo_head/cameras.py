@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scene.cameras import opengl_c2w_to_opencv_w2c
+from scene.cameras import look_at_gl, opengl_c2w_to_opencv_w2c
 
 TARGET = np.array([0.0, -0.018, 0.0])
 FRAMED_HEIGHT = 0.30
@@ -41,19 +41,6 @@ class Camera:
     def w2c(self) -> np.ndarray:
         """World-to-camera in OpenCV axes (x right, y down, z forward)."""
         return opengl_c2w_to_opencv_w2c(self.c2w_gl)
-
-
-def look_at_gl(position: np.ndarray, target: np.ndarray,
-               up: np.ndarray = np.array([0.0, 1.0, 0.0])) -> np.ndarray:
-    """OpenGL camera-to-world of a camera at ``position`` looking at ``target`` (y up)."""
-    back = position - target
-    back = back / np.linalg.norm(back)
-    right = np.cross(up, back)
-    right = right / np.linalg.norm(right)
-    upv = np.cross(back, right)
-    m = np.eye(4)
-    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, upv, back, position
-    return m
 
 
 def _camera(index: int, yaw: float, pitch: float, dist: float, shift: tuple[float, float],

@@ -1,0 +1,244 @@
+"""The realistic head's sequence in memory: posed meshes, cameras, and the ground-truth renderer.
+
+Keyframe k is frame ``k * stride`` of a 25 fps performance: the training keyframes come first,
+then the held-out test keyframes (the continuation of the same performance). Vertices are rounded
+to 0.1 micrometre once, here, so that the images, the written meshes and the selection agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from scene.demo_head.cameras import Camera
+from scene.demo_head.mesh import REGION_EYES, REGION_MOUTH, REGION_SKIN
+from tools.ict_head.animation import FPS, PIVOT, Performance, perform
+from tools.ict_head.appearance import Painter
+from tools.ict_head.asset import (EYELASHES, GUMS_TONGUE, IRIS, PART_EYE_SOCKET,
+                                  PART_MOUTH_SOCKET, SCLERA, SKIN, TEETH, HeadAsset, load_asset)
+from tools.ict_head.cameras import build_rig
+from tools.ict_head.raster import project, rasterize
+
+ROUND_DECIMALS = 7
+
+
+@dataclass(frozen=True)
+class RenderOutput:
+    """One view: colour with coverage, and what each pixel's central sample sees."""
+
+    rgba: np.ndarray       # (H, W, 4) float32, straight alpha (coverage)
+    region: np.ndarray     # (H, W) uint8: 0 background, 1 skin/other, 2 mouth, 3 eyes
+    material: np.ndarray   # (H, W) int8 material at the central sample, -1 for background
+
+
+@dataclass
+class HeadSequence:
+    """A performance of the head seen by the rig."""
+
+    asset: HeadAsset
+    performance: Performance
+    n_train: int
+    n_test: int
+    stride: int
+    cameras: list[Camera]
+    seed: int = 0
+    teeth_in_mesh: bool = False
+    device: str = "cpu"
+
+    @property
+    def n_keyframes(self) -> int:
+        return self.n_train + self.n_test
+
+    @property
+    def train_keyframes(self) -> np.ndarray:
+        return np.arange(self.n_train)
+
+    @property
+    def test_keyframes(self) -> np.ndarray:
+        return np.arange(self.n_train, self.n_keyframes)
+
+    @property
+    def train_cameras(self) -> list[Camera]:
+        return [c for c in self.cameras if not c.held_out]
+
+    @property
+    def val_camera(self) -> Camera:
+        return next(c for c in self.cameras if c.held_out)
+
+    def frame_of(self, keyframe: int) -> int:
+        """The performance frame (25 fps) shown at ``keyframe``."""
+        return int(keyframe) * self.stride
+
+    def weights(self, keyframe: int) -> np.ndarray:
+        return self.performance.weights[self.frame_of(keyframe)]
+
+    def local_vertices(self, keyframe: int) -> np.ndarray:
+        """(V, 3) vertices with the keyframe's expression, in head space (no head motion)."""
+        return self.asset.pose_local(self.weights(keyframe))
+
+    @cached_property
+    def vertices(self) -> np.ndarray:
+        """(T, V, 3) world vertices of every keyframe (rounded: see the module note)."""
+        out = []
+        for k in range(self.n_keyframes):
+            f = self.frame_of(k)
+            R, t = self.performance.rotations[f], self.performance.translations[f]
+            world = (self.local_vertices(k) - PIVOT) @ R.T + PIVOT + t
+            out.append(np.round(world, ROUND_DECIMALS))
+        return np.stack(out)
+
+    @cached_property
+    def tracked_faces(self) -> np.ndarray:
+        return self.asset.tracked_faces(self.teeth_in_mesh)
+
+    @property
+    def meshes(self) -> np.ndarray:
+        """(T, F, 3, 3) triangle soup of the tracked mesh per keyframe, as written to files."""
+        return self.vertices[:, self.asset.faces[self.tracked_faces]]
+
+    @cached_property
+    def painter(self) -> Painter:
+        return Painter(self.asset, self.seed)
+
+    @cached_property
+    def face_region(self) -> np.ndarray:
+        """(F,) uint8 region label of every triangle of the full head."""
+        a = self.asset
+        centroid = a.vertices[a.faces].mean(1)
+        x, y, z = centroid.T
+        my = a.mouth[0][1]
+        lips = (np.abs(x) < a.mouth[1] * 1.25) & (np.abs(y - my) < 0.015) & (z > 0.085)
+        eye_y = a.eyes[0].centre[1]
+        lids = (((np.abs(x) - 0.031) / 0.024) ** 2 + ((y - eye_y) / 0.015) ** 2 < 1.0) \
+            & (z > 0.06)
+        region = np.full(len(a.faces), REGION_SKIN, np.uint8)
+        skin = a.material == SKIN
+        region[skin & lips] = REGION_MOUTH
+        region[skin & lids] = REGION_EYES
+        region[np.isin(a.material, (GUMS_TONGUE, TEETH))] = REGION_MOUTH
+        region[a.face_part == PART_MOUTH_SOCKET] = REGION_MOUTH
+        region[np.isin(a.material, (SCLERA, IRIS, EYELASHES))] = REGION_EYES
+        region[a.face_part == PART_EYE_SOCKET] = REGION_EYES
+        return region
+
+    @cached_property
+    def _weld(self) -> np.ndarray:
+        """Vertex -> welded id (vertices at the same neutral position shade as one)."""
+        key = np.round(self.asset.vertices / 1e-7).astype(np.int64)
+        return np.unique(key, axis=0, return_inverse=True)[1].ravel()
+
+    @cached_property
+    def _tensors(self) -> dict:
+        a, dev = self.asset, torch.device(self.device)
+        return {"faces": torch.from_numpy(a.faces).to(dev),
+                "material": torch.from_numpy(a.material).to(dev),
+                "part": torch.from_numpy(a.face_part).to(dev),
+                "region": torch.from_numpy(self.face_region).to(dev),
+                "neutral": torch.from_numpy(a.vertices).to(dev),
+                "weld": torch.from_numpy(self._weld).to(dev),
+                "opaque": torch.from_numpy(np.nonzero(a.material != EYELASHES)[0]).to(dev),
+                "lashes": torch.from_numpy(np.nonzero(a.material == EYELASHES)[0]).to(dev)}
+
+    def _normals(self, local: torch.Tensor) -> torch.Tensor:
+        """Area-weighted vertex normals, shared across welded vertices."""
+        T = self._tensors
+        v = local[T["faces"]]
+        fn = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=1)
+        acc = torch.zeros(int(T["weld"].max()) + 1, 3, dtype=local.dtype, device=local.device)
+        for k in range(3):
+            acc.index_add_(0, T["weld"][T["faces"][:, k]], fn)
+        n = acc[T["weld"]]
+        return n / n.norm(dim=1, keepdim=True).clamp_min(1e-20)
+
+    def _shade(self, face: torch.Tensor, bary: torch.Tensor, local: torch.Tensor,
+               normals: torch.Tensor, cam_local: torch.Tensor) -> torch.Tensor:
+        """(N, 3) lit colour of samples on triangles ``face`` at barycentrics ``bary``."""
+        T = self._tensors
+        corners = T["faces"][face]
+        b = bary.to(local.dtype)
+        q = torch.einsum("nk,nkc->nc", b, T["neutral"][corners])
+        p = torch.einsum("nk,nkc->nc", b, local[corners])
+        n = torch.einsum("nk,nkc->nc", b, normals[corners])
+        n = n / n.norm(dim=1, keepdim=True).clamp_min(1e-20)
+        view = cam_local - p
+        view = view / view.norm(dim=1, keepdim=True).clamp_min(1e-20)
+        tri = local[corners]
+        fn = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1)
+        front = (fn * (cam_local - tri[:, 0])).sum(1) > 0
+        n = torch.where(front[:, None], n, -n)
+        mat, part = T["material"][face], T["part"][face]
+        albedo = self.painter.albedo(mat, part, q)
+        return self.painter.shade(albedo, mat, part, q, n, view, front)
+
+    @torch.no_grad()
+    def render(self, keyframe: int, camera: Camera, supersample: int = 3) -> RenderOutput:
+        """Ground-truth image of ``keyframe`` seen by ``camera``.
+
+        Two passes: every surface but the eyelashes (opaque), then the eyelashes, blended over
+        it where they are in front with the partial coverage of their hair strands.
+        """
+        T, dev, ss = self._tensors, torch.device(self.device), int(supersample)
+        f = self.frame_of(keyframe)
+        R = torch.from_numpy(self.performance.rotations[f]).to(dev)
+        t = torch.from_numpy(self.performance.translations[f]).to(dev)
+        pivot = torch.from_numpy(PIVOT).to(dev)
+        world = torch.from_numpy(self.vertices[keyframe]).to(dev)
+        local = (world - pivot - t) @ R + pivot         # exact inverse of the head motion
+        normals = self._normals(local)
+        w2c = torch.from_numpy(camera.w2c).to(dev)
+        cam_local = (-w2c[:3, :3].T @ w2c[:3, 3] - pivot - t) @ R + pivot
+        W, H = camera.width * ss, camera.height * ss
+        xy, z = project(world, torch.from_numpy(camera.K).to(dev), w2c, ss)
+        acc = torch.zeros(H * W, 4, dtype=torch.float64, device=dev)
+        depth = torch.full((H * W,), float("inf"), dtype=torch.float64, device=dev)
+        base = rasterize(xy, z, T["faces"][T["opaque"]], W, H)
+        cov = base.covered
+        face = T["opaque"][base.face[cov]]
+        acc[cov, :3] = self._shade(face, base.bary[cov], local, normals, cam_local).double()
+        acc[cov, 3] = 1.0
+        depth[cov] = (base.bary[cov] * z[T["faces"][face]]).sum(1)
+        lash = rasterize(xy, z, T["faces"][T["lashes"]], W, H)
+        lcov = lash.covered
+        lface = T["lashes"][lash.face[lcov]]
+        ldepth = (lash.bary[lcov] * z[T["faces"][lface]]).sum(1)
+        front = ldepth < depth[lcov]
+        pix = torch.nonzero(lcov).squeeze(1)[front]
+        lface, lbary = lface[front], lash.bary[lcov][front]
+        if pix.numel():
+            q = torch.einsum("nk,nkc->nc", lbary, T["neutral"][T["faces"][lface]])
+            a = self.painter.lash_coverage(q.to(local.dtype)).double()[:, None]
+            col = self._shade(lface, lbary, local, normals, cam_local).double()
+            acc[pix, :3] = a * col + (1.0 - a) * acc[pix, :3]
+            acc[pix, 3] = a[:, 0] + (1.0 - a[:, 0]) * acc[pix, 3]
+        img = acc.reshape(H, W, 4).permute(2, 0, 1)[None]
+        # colours were straight per sample: average premultiplied, then divide by coverage
+        img = torch.cat([img[:, :3] * img[:, 3:], img[:, 3:]], 1)
+        if ss > 1:
+            img = F.avg_pool2d(img, ss)
+        img = img[0].permute(1, 2, 0)
+        alpha = img[..., 3:]
+        rgb_out = (img[..., :3] / alpha.clamp_min(1e-12)).clamp(0, 1)
+        rgba = torch.cat([rgb_out, alpha.clamp(0, 1)], -1).float().cpu().numpy()
+        c = ss // 2
+        central = base.face.reshape(camera.height, ss, camera.width, ss)[:, c, :, c]
+        hit = central >= 0
+        glob = T["opaque"][central.clamp_min(0)]
+        region = torch.where(hit, T["region"][glob].long(), torch.zeros_like(central))
+        material = torch.where(hit, T["material"][glob], torch.full_like(central, -1))
+        return RenderOutput(rgba=rgba, region=region.to(torch.uint8).cpu().numpy(),
+                            material=material.to(torch.int8).cpu().numpy())
+
+
+def build_sequence(seed: int = 0, width: int = 550, height: int = 802, n_train: int = 60,
+                   n_test: int = 12, stride: int = 3, n_cameras: int = 16,
+                   teeth_in_mesh: bool = False, device: str = "cpu") -> HeadSequence:
+    """The sequence in memory (nothing is rendered until asked)."""
+    asset = load_asset()
+    n_frames = (n_train + n_test) * stride
+    perf = perform(asset.expression_names, n_frames, seed, FPS)
+    return HeadSequence(asset=asset, performance=perf, n_train=n_train, n_test=n_test,
+                        stride=stride, cameras=build_rig(width, height, n_cameras), seed=seed,
+                        teeth_in_mesh=teeth_in_mesh, device=device)
