@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -33,11 +34,15 @@ from scene.points import random_points_on_faces, read_points3d
 from scene.regularisation import local_regularisation
 from scene.schedule import Step, TrainingSchedule
 from utils.atomic import atomic_path
-from utils.image_metrics import psnr, ssim
+from utils.image_metrics import masked_psnr, psnr, ssim
+from utils.progress import ProgressLog
 from utils.loss import training_loss
 from utils.selective_adam import SelectiveAdam
 
 CHECKPOINT_VERSION = 1
+#: Region labels of the datasets' ``regions/`` maps scored at evaluation (0 bg, 1 skin/other).
+REGIONS = {"mouth": 2, "eyes": 3}
+MIN_REGION_PIXELS = 16
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +128,8 @@ class Trainer:
         self.mean_face_size = float(reference.size.mean())
         self.model = GaussianModel(args.sh_degree, args.face_scale)
         self.first_iteration = 1
+        self.seconds_before = 0.0   # training time of the run this one resumes
+        self._regions: Dict[str, Optional[torch.Tensor]] = {}
         if args.start_checkpoint:
             self._restore(Path(args.start_checkpoint))
         else:
@@ -179,6 +186,7 @@ class Trainer:
             "density": {"grad_accum": self.density.grad_accum, "denom": self.density.denom},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+            "train_seconds": self.training_seconds(getattr(self, "_side_start", None)),
         }
         path = self.checkpoint_path(iteration)
         with atomic_path(path) as tmp:
@@ -208,27 +216,56 @@ class Trainer:
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"])
         self.first_iteration = int(state["iteration"]) + 1
+        self.seconds_before = float(state.get("train_seconds", 0.0))
         self.log(f"Resumed from {path} at iteration {state['iteration']}")
 
     # --- evaluation --------------------------------------------------------------------------
+    def region_map(self, camera) -> Optional[torch.Tensor]:
+        """The dataset's label map of ``camera``'s image (``regions/<stem>.png``) at the
+        camera's resolution, or None when the dataset has none."""
+        key = camera.image_name
+        if key not in self._regions:
+            path = self.dataset.root / "regions" / f"{key}.png"
+            labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
+            if labels is not None and labels.ndim == 2:
+                if labels.shape != (camera.height, camera.width):
+                    labels = cv2.resize(labels, (camera.width, camera.height),
+                                        interpolation=cv2.INTER_NEAREST)
+                self._regions[key] = torch.from_numpy(labels).to(self.device)
+            else:
+                self._regions[key] = None
+        return self._regions[key]
+
     @torch.no_grad()
     def evaluate(self, iteration: int) -> Dict[str, Dict[str, float]]:
+        """Mean PSNR and SSIM per held-out split, and PSNR inside the mouth and eye regions
+        where the dataset has region maps (over the views where a region has 16 pixels)."""
         results = {}
         for split in ("test", "val"):
             cameras = self.dataset.splits.get(split) or []
             if not cameras:
                 continue
-            scores = []
+            scores: Dict[str, List[float]] = {}
             for cam in cameras:
                 world = self.model.pose(self.triangles(cam.keyframe))
                 image = render(cam, world, self.background, backend=self.args.backend)["render"]
                 gt = cam.gt_image(self.background)
                 image = image.clamp(0, 1)
-                scores.append(torch.stack([psnr(image, gt), ssim(image, gt)]))
-            mean = torch.stack(scores).mean(0).tolist()
-            results[split] = {"PSNR": mean[0], "SSIM": mean[1]}
-            self.log(f"\n[ITER {iteration}] {split}: PSNR {mean[0]:.2f} dB, SSIM {mean[1]:.4f} "
-                     f"({len(cameras)} images)")
+                scores.setdefault("PSNR", []).append(psnr(image, gt).item())
+                scores.setdefault("SSIM", []).append(ssim(image, gt).item())
+                labels = self.region_map(cam)
+                for region, label in REGIONS.items():
+                    if labels is None:
+                        continue
+                    mask = labels == label
+                    if int(mask.sum()) >= MIN_REGION_PIXELS:
+                        scores.setdefault(f"PSNR_{region}", []).append(
+                            masked_psnr(image, gt, mask).item())
+            results[split] = {k: float(np.mean(v)) for k, v in scores.items()}
+            regions = "".join(f", {r} {results[split][f'PSNR_{r}']:.2f} dB" for r in REGIONS
+                              if f"PSNR_{r}" in results[split])
+            self.log(f"\n[ITER {iteration}] {split}: PSNR {results[split]['PSNR']:.2f} dB, "
+                     f"SSIM {results[split]['SSIM']:.4f}{regions} ({len(cameras)} images)")
         return results
 
     def save_model(self, iteration: int) -> Path:
@@ -300,10 +337,20 @@ class Trainer:
                 self.density.densify_and_prune(
                     self.model, self.optimizer, a.densify_grad_threshold, a.min_opacity,
                     a.percent_dense * self.extent, self.face_size, self.generator)
-            if iteration % a.opacity_reset_interval == 0 or (
-                    a.white_background and iteration == a.densify_from_iter):
+            selective_stage = a.selection == "paper" and iteration > a.global_warmup
+            if (iteration % a.opacity_reset_interval == 0 or (
+                    a.white_background and iteration == a.densify_from_iter)) and (
+                    a.opacity_reset_in_selective_stage or not selective_stage):
                 self.density.reset_opacity(self.model, self.optimizer)
         return loss
+
+    def training_seconds(self, now: Optional[float] = None) -> float:
+        """Training time so far, evaluation and saving excluded, earlier runs resumed from
+        included (0 before ``run``)."""
+        if not hasattr(self, "start_time"):
+            return self.seconds_before
+        now = time.perf_counter() if now is None else now
+        return self.seconds_before + (now - self.start_time) - self.side_seconds
 
     def _on_sigint(self, signum, frame) -> None:
         if self.stop_requested:
@@ -317,11 +364,14 @@ class Trainer:
         tests = set(a.test_iterations) | {last}
         saves = set(a.save_iterations) | {last}
         checkpoints = set(a.checkpoint_iterations)
+        side_work = tests | saves | checkpoints
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         bar = tqdm(range(self.first_iteration, last + 1), desc="Training", disable=a.quiet,
                    initial=self.first_iteration - 1, total=last, dynamic_ncols=True)
-        ema, start = None, time.perf_counter()
+        ema = None
+        self.start_time = time.perf_counter()
         self.side_seconds = 0.0  # evaluation and saving, not training
+        self.progress = ProgressLog.resume(self.model_dir, self.first_iteration - 1)
         try:
             for iteration in bar:
                 loss = self.train_step(iteration)
@@ -329,9 +379,12 @@ class Trainer:
                     value = loss.item()
                     ema = value if ema is None else 0.6 * value + 0.4 * ema
                     bar.set_postfix(loss=f"{ema:.4f}", n=self.model.num_gaussians)
-                side = time.perf_counter()
+                if iteration in side_work and self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)   # the step's queued work is training
+                side = self._side_start = time.perf_counter()
                 if iteration in tests:
-                    self.evaluate(iteration)
+                    self.progress.add(iteration, self.training_seconds(side),
+                                      self.model.num_gaussians, self.evaluate(iteration))
                 if iteration in saves:
                     self.log(f"\n[ITER {iteration}] Saved {self.save_model(iteration)}")
                 if iteration in checkpoints:
@@ -346,7 +399,7 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous)
             bar.close()
-        total = time.perf_counter() - start
+        total = time.perf_counter() - self.start_time
         self.train_seconds = total - self.side_seconds
         self.log(f"Training done in {total:.1f} s ({self.train_seconds:.1f} s training, the rest "
                  f"evaluating and saving); model in {self.model_dir}")

@@ -110,6 +110,13 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--percent_dense", type=float, default=0.01,
                    help="Gaussians larger than this fraction of the scene extent are split, "
                         "smaller ones cloned (default 0.01)")
+    d.add_argument("--opacity_reset_in_selective_stage", action=argparse.BooleanOptionalAction,
+                   default=True,
+                   help="apply the opacity resets (and the white-background reset at "
+                        "--densify_from_iter) after the global warm-up too; a reset clamps every "
+                        "Gaussian, but in selective steps only the selected ones can recover, the "
+                        "rest stay nearly transparent until a global frame trains them; "
+                        "--no-opacity_reset_in_selective_stage keeps resets to the warm-up")
     d.add_argument("--min_opacity", type=float, default=0.005,
                    help="Gaussians fainter than this are pruned (never a face's last one)")
 

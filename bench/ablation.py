@@ -30,6 +30,8 @@ ARMS = {
     "plain": ["--order", "random", "--selection", "none"],
     "grouped": ["--order", "frames", "--selection", "none"],
     "paper": ["--order", "frames", "--selection", "paper"],
+    "paper-noreset": ["--order", "frames", "--selection", "paper",
+                      "--no-opacity_reset_in_selective_stage"],
 }
 REGIONS = {"mouth": 2, "eyes": 3}
 
@@ -67,8 +69,11 @@ def main() -> int:
     parser.add_argument("-s", "--source_path", default="demo-large",
                         help="dataset (default: demo-large, the realistic head at 550x802)")
     parser.add_argument("--iterations", type=int, default=3000, help="iterations per arm")
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
-                        help="which arms to train")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS),
+                        default=["plain", "grouped", "paper"], help="which arms to train")
+    parser.add_argument("--eval_every", type=int, default=None,
+                        help="also score test/val every this many iterations into each arm's "
+                             "progress.json (quality against training time); default: at the end")
     parser.add_argument("--out", default="output/ablation", help="folder for models and json")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if any)")
     parser.add_argument("extra", nargs=argparse.REMAINDER,
@@ -77,8 +82,11 @@ def main() -> int:
     extra = [a for a in args.extra if a != "--"]
     results = {}
     for arm in args.arms:
+        evals = (list(range(args.eval_every, args.iterations, args.eval_every))
+                 if args.eval_every else [-1])
         argv = ["-s", args.source_path, "-m", f"{args.out}/{arm}", "--quiet", "-w",
-                "--iterations", str(args.iterations), "--test_iterations", "-1",
+                "--iterations", str(args.iterations),
+                "--test_iterations", *map(str, evals),
                 "--save_iterations", str(args.iterations), *ARMS[arm], *extra]
         if args.device:
             argv += ["--device", args.device]
@@ -99,6 +107,12 @@ def main() -> int:
                      for c in columns if c in r[split]]
             print(f"| {arm} | {split} | " + " | ".join(cells)
                   + f" | {r['ms_per_iteration']:.1f} | {r['gaussians']} |")
+    if args.eval_every:
+        print("\nTest PSNR against training seconds (progress.json):")
+        for arm in results:
+            entries = json.loads((Path(args.out) / arm / "progress.json").read_text())
+            print(f"- {arm}: " + ", ".join(f"{e['iteration']}: {e['seconds']:.1f} s "
+                                            f"{e['test']['PSNR']:.2f} dB" for e in entries))
     return 0
 
 

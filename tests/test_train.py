@@ -200,3 +200,51 @@ def test_help_documents_every_flag():
                  "--checkpoint_iterations", "--start_checkpoint", "--quiet", "--selection",
                  "--global_warmup", "--global_every", "--densify"):
         assert flag in text
+
+
+def test_progress_record_holds_quality_against_training_time(tiny_head, tmp_path):
+    """progress.json: one entry per evaluation (regions included), seconds that grow, resumed
+    runs continue the record; progress.png is written beside it."""
+    model = tmp_path / "m"
+    t = trainer(tiny_head, model, "--iterations", "40", "--test_iterations", "10", "20",
+                "--checkpoint_iterations", "20", "--sh_degree", "0")
+    t.run()
+    entries = json.loads((model / "progress.json").read_text())
+    assert [e["iteration"] for e in entries] == [10, 20, 40]
+    seconds = [e["seconds"] for e in entries]
+    assert 0 < seconds[0] < seconds[1] < seconds[2] <= t.train_seconds + 1e-3
+    for e in entries:
+        assert e["gaussians"] > 0
+        for split in ("test", "val"):
+            assert {"PSNR", "SSIM", "PSNR_mouth", "PSNR_eyes"} <= set(e[split])
+    assert entries[-1]["test"]["PSNR"] == pytest.approx(t.evaluate(40)["test"]["PSNR"], abs=1e-3)
+    png = (model / "progress.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+    resumed = trainer(tiny_head, model, "--iterations", "60", "--test_iterations", "10", "20",
+                      "50", "--start_checkpoint", str(model / "chkpnt20.pth"), "--sh_degree", "0")
+    assert resumed.seconds_before == pytest.approx(seconds[1], abs=1e-3)
+    resumed.run()
+    again = json.loads((model / "progress.json").read_text())
+    assert [e["iteration"] for e in again] == [10, 20, 50, 60]     # 40 belonged to the old run
+    assert again[:2] == entries[:2] and again[2]["seconds"] > seconds[1]
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_opacity_reset_in_the_selective_stage_is_an_option(tiny_head, tmp_path, reset):
+    """An opacity reset that falls after the warm-up clamps every Gaussian by default; with
+    --no-opacity_reset_in_selective_stage it is skipped (frozen rows could not recover)."""
+    flag = "--opacity_reset_in_selective_stage" if reset else "--no-opacity_reset_in_selective_stage"
+    t = trainer(tiny_head, tmp_path / "m", "--iterations", "100", "--global_warmup", "2",
+                "--opacity_reset_interval", "4", "--densify_from_iter", "1",
+                "--densification_interval", "1000", "--sh_degree", "0", flag)
+    for it in (1, 2, 3):
+        t.train_step(it)
+    with torch.no_grad():
+        t.model.params["opacity"].fill_(2.0)           # sigmoid 0.88: well above the ceiling
+    t.train_step(4)                                    # a selective step on a reset iteration
+    opacity = torch.sigmoid(t.model.params["opacity"].detach())
+    if reset:
+        assert opacity.max() < 0.02
+    else:
+        assert opacity.min() > 0.8

@@ -130,7 +130,7 @@ class Painter:
         w_up = _smooth(edge, -edge, y - upper) * (y >= 0)
         w_lo = _smooth(edge, -edge, -y - lower) * (y < 0)
         near = _smooth(self.mouth_centre[2] - 0.030, self.mouth_centre[2] - 0.018, z)
-        inside = (x.abs() < self.mouth_half * 1.08).double()
+        inside = (x.abs() < self.mouth_half * 1.08).to(q.dtype)
         return ((w_up + w_lo) * near * inside).clamp(0.0, 1.0)
 
     def _skin(self, q: torch.Tensor, part: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from tools.ict_head.cameras import build_rig
 from tools.ict_head.raster import project, rasterize
 
 ROUND_DECIMALS = 7
+PAINT_DTYPE = torch.float32   # paint and light (the z-buffer itself works in float64)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class HeadSequence:
                 "material": torch.from_numpy(a.material).to(dev),
                 "part": torch.from_numpy(a.face_part).to(dev),
                 "region": torch.from_numpy(self.face_region).to(dev),
-                "neutral": torch.from_numpy(a.vertices).to(dev),
+                "neutral": torch.from_numpy(a.vertices).to(dev, PAINT_DTYPE),
                 "weld": torch.from_numpy(self._weld).to(dev),
                 "opaque": torch.from_numpy(np.nonzero(a.material != EYELASHES)[0]).to(dev),
                 "lashes": torch.from_numpy(np.nonzero(a.material == EYELASHES)[0]).to(dev)}
@@ -155,10 +156,11 @@ class HeadSequence:
 
     def _shade(self, face: torch.Tensor, bary: torch.Tensor, local: torch.Tensor,
                normals: torch.Tensor, cam_local: torch.Tensor) -> torch.Tensor:
-        """(N, 3) lit colour of samples on triangles ``face`` at barycentrics ``bary``."""
+        """(N, 3) lit colour of samples on triangles ``face`` at barycentrics ``bary``, seen from
+        ``cam_local`` (N, 3), the camera centre of each sample in head space."""
         T = self._tensors
         corners = T["faces"][face]
-        b = bary.to(local.dtype)
+        b = bary.to(PAINT_DTYPE)
         q = torch.einsum("nk,nkc->nc", b, T["neutral"][corners])
         p = torch.einsum("nk,nkc->nc", b, local[corners])
         n = torch.einsum("nk,nkc->nc", b, normals[corners])
@@ -173,57 +175,113 @@ class HeadSequence:
         albedo = self.painter.albedo(mat, part, q)
         return self.painter.shade(albedo, mat, part, q, n, view, front)
 
-    @torch.no_grad()
     def render(self, keyframe: int, camera: Camera, supersample: int = 3) -> RenderOutput:
-        """Ground-truth image of ``keyframe`` seen by ``camera``.
+        """Ground-truth image of ``keyframe`` seen by ``camera``."""
+        return self.render_views(keyframe, [camera], supersample)[0]
 
-        Two passes: every surface but the eyelashes (opaque), then the eyelashes, blended over
-        it where they are in front with the partial coverage of their hair strands.
+    @torch.no_grad()
+    def render_views(self, keyframe: int, cameras: list[Camera], supersample: int = 3,
+                     max_samples: int = 1 << 23) -> list[RenderOutput]:
+        """Ground-truth images of ``keyframe`` seen by each of ``cameras``.
+
+        Two passes per camera: every surface but the eyelashes (opaque), then the eyelashes,
+        blended over it where they are in front with the partial coverage of their hair strands.
+        The samples of several cameras (up to ``max_samples`` of supersampled grid in all) are
+        painted and lit together: a few large tensor operations instead of many small ones.
         """
-        T, dev, ss = self._tensors, torch.device(self.device), int(supersample)
+        out: list[RenderOutput] = []
+        group: list[Camera] = []
+        ss = int(supersample)
+        for cam in cameras:
+            if group and (sum(c.width * c.height for c in group) + cam.width * cam.height) \
+                    * ss * ss > max_samples:
+                out += self._render_group(keyframe, group, ss)
+                group = []
+            group.append(cam)
+        if group:
+            out += self._render_group(keyframe, group, ss)
+        return out
+
+    def _render_group(self, keyframe: int, cameras: list[Camera], ss: int) -> list[RenderOutput]:
+        T, dev = self._tensors, torch.device(self.device)
         f = self.frame_of(keyframe)
         R = torch.from_numpy(self.performance.rotations[f]).to(dev)
         t = torch.from_numpy(self.performance.translations[f]).to(dev)
         pivot = torch.from_numpy(PIVOT).to(dev)
         world = torch.from_numpy(self.vertices[keyframe]).to(dev)
-        local = (world - pivot - t) @ R + pivot         # exact inverse of the head motion
-        normals = self._normals(local)
-        w2c = torch.from_numpy(camera.w2c).to(dev)
-        cam_local = (-w2c[:3, :3].T @ w2c[:3, 3] - pivot - t) @ R + pivot
-        W, H = camera.width * ss, camera.height * ss
-        xy, z = project(world, torch.from_numpy(camera.K).to(dev), w2c, ss)
-        acc = torch.zeros(H * W, 4, dtype=torch.float64, device=dev)
-        depth = torch.full((H * W,), float("inf"), dtype=torch.float64, device=dev)
-        base = rasterize(xy, z, T["faces"][T["opaque"]], W, H)
-        cov = base.covered
-        face = T["opaque"][base.face[cov]]
-        acc[cov, :3] = self._shade(face, base.bary[cov], local, normals, cam_local).double()
-        acc[cov, 3] = 1.0
-        depth[cov] = (base.bary[cov] * z[T["faces"][face]]).sum(1)
-        lash = rasterize(xy, z, T["faces"][T["lashes"]], W, H)
-        lcov = lash.covered
-        lface = T["lashes"][lash.face[lcov]]
-        ldepth = (lash.bary[lcov] * z[T["faces"][lface]]).sum(1)
-        front = ldepth < depth[lcov]
-        pix = torch.nonzero(lcov).squeeze(1)[front]
-        lface, lbary = lface[front], lash.bary[lcov][front]
-        if pix.numel():
-            q = torch.einsum("nk,nkc->nc", lbary, T["neutral"][T["faces"][lface]])
-            a = self.painter.lash_coverage(q.to(local.dtype)).double()[:, None]
-            col = self._shade(lface, lbary, local, normals, cam_local).double()
-            acc[pix, :3] = a * col + (1.0 - a) * acc[pix, :3]
-            acc[pix, 3] = a[:, 0] + (1.0 - a[:, 0]) * acc[pix, 3]
+        local64 = (world - pivot - t) @ R + pivot       # exact inverse of the head motion
+        local = local64.to(PAINT_DTYPE)
+        normals = self._normals(local64).to(PAINT_DTYPE)
+        views = []
+        base_samples, lash_samples = [], []
+        for i, cam in enumerate(cameras):
+            w2c = torch.from_numpy(cam.w2c).to(dev)
+            cam_local = ((-w2c[:3, :3].T @ w2c[:3, 3] - pivot - t) @ R + pivot).to(PAINT_DTYPE)
+            W, H = cam.width * ss, cam.height * ss
+            xy, z = project(world, torch.from_numpy(cam.K).to(dev), w2c, ss)
+            base = rasterize(xy, z, T["faces"][T["opaque"]], W, H)
+            pix = torch.nonzero(base.covered).squeeze(1)
+            face = T["opaque"][base.face[pix]]
+            bary = base.bary[pix]
+            depth = torch.full((H * W,), float("inf"), dtype=torch.float64, device=dev)
+            depth[pix] = (bary * z[T["faces"][face]]).sum(1)
+            base_samples.append((i, pix, face, bary, cam_local))
+            lash = rasterize(xy, z, T["faces"][T["lashes"]], W, H)
+            lpix = torch.nonzero(lash.covered).squeeze(1)
+            lface = T["lashes"][lash.face[lpix]]
+            lbary = lash.bary[lpix]
+            front = (lbary * z[T["faces"][lface]]).sum(1) < depth[lpix]
+            lash_samples.append((i, lpix[front], lface[front], lbary[front], cam_local))
+            views.append((cam, base.face))
+        colours = self._shade_samples(base_samples, local, normals)
+        lash_colours = self._shade_samples(lash_samples, local, normals, coverage=True)
+        outputs = []
+        for i, (cam, base_face) in enumerate(views):
+            W, H = cam.width * ss, cam.height * ss
+            acc = torch.zeros(H * W, 4, dtype=torch.float64, device=dev)
+            pix = base_samples[i][1]
+            acc[pix, :3] = colours[i]
+            acc[pix, 3] = 1.0
+            lpix = lash_samples[i][1]
+            if lpix.numel():
+                col, a = lash_colours[i]
+                a = a[:, None]
+                acc[lpix, :3] = a * col + (1.0 - a) * acc[lpix, :3]
+                acc[lpix, 3] = a[:, 0] + (1.0 - a[:, 0]) * acc[lpix, 3]
+            outputs.append(self._finish(cam, acc, base_face, ss))
+        return outputs
+
+    def _shade_samples(self, samples: list, local: torch.Tensor, normals: torch.Tensor,
+                       coverage: bool = False) -> list:
+        """Shade the samples of every camera in one call; split the result back per camera."""
+        counts = [s[1].numel() for s in samples]
+        face = torch.cat([s[2] for s in samples])
+        bary = torch.cat([s[3] for s in samples])
+        cam_local = torch.cat([s[4].expand(n, 3) for s, n in zip(samples, counts)])
+        col = self._shade(face, bary, local, normals, cam_local).double()
+        if not coverage:
+            return list(torch.split(col, counts))
+        q = torch.einsum("nk,nkc->nc", bary.to(PAINT_DTYPE),
+                         self._tensors["neutral"][self._tensors["faces"][face]])
+        a = self.painter.lash_coverage(q).double()
+        return list(zip(torch.split(col, counts), torch.split(a, counts)))
+
+    def _finish(self, cam: Camera, acc: torch.Tensor, base_face: torch.Tensor,
+                ss: int) -> RenderOutput:
+        """Box-filter the supersampled colours (premultiplied) into the image; labels from the
+        central sample of each pixel."""
+        T = self._tensors
+        W, H = cam.width * ss, cam.height * ss
         img = acc.reshape(H, W, 4).permute(2, 0, 1)[None]
-        # colours were straight per sample: average premultiplied, then divide by coverage
         img = torch.cat([img[:, :3] * img[:, 3:], img[:, 3:]], 1)
         if ss > 1:
             img = F.avg_pool2d(img, ss)
         img = img[0].permute(1, 2, 0)
         alpha = img[..., 3:]
-        rgb_out = (img[..., :3] / alpha.clamp_min(1e-12)).clamp(0, 1)
-        rgba = torch.cat([rgb_out, alpha.clamp(0, 1)], -1).float().cpu().numpy()
+        rgb = (img[..., :3] / alpha.clamp_min(1e-12)).clamp(0, 1)
+        rgba = torch.cat([rgb, alpha.clamp(0, 1)], -1).float().cpu().numpy()
         c = ss // 2
-        central = base.face.reshape(camera.height, ss, camera.width, ss)[:, c, :, c]
+        central = base_face.reshape(cam.height, ss, cam.width, ss)[:, c, :, c]
         hit = central >= 0
         glob = T["opaque"][central.clamp_min(0)]
         region = torch.where(hit, T["region"][glob].long(), torch.zeros_like(central))

@@ -18,6 +18,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -34,7 +35,7 @@ from scene.points import points_on_faces
 from selection import compute_selection
 from tools.ict_head.scene import HeadSequence, build_sequence
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CACHE_ENV = "STGA_CACHE"
 
 
@@ -65,10 +66,11 @@ def image_name(keyframe: int, camera: int) -> str:
     return f"{keyframe:05d}_{camera:02d}"
 
 
-def _jobs(seq: HeadSequence) -> list:
-    jobs = [(int(k), c) for k in seq.train_keyframes for c in seq.cameras]
-    jobs += [(int(k), c) for k in seq.test_keyframes for c in seq.train_cameras]
-    return sorted(jobs, key=lambda j: (j[0], j[1].index))
+def _views(seq: HeadSequence) -> list[tuple[int, list]]:
+    """(keyframe, cameras) to render: every camera on training keyframes (the val camera
+    included), the training cameras on test keyframes."""
+    return [(int(k), seq.cameras) for k in seq.train_keyframes] \
+        + [(int(k), seq.train_cameras) for k in seq.test_keyframes]
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
@@ -77,17 +79,22 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 
 def _render_all(seq: HeadSequence, root: Path, supersample: int, progress: bool) -> None:
+    """Render keyframe by keyframe (all its views together); PNG encoding runs in threads."""
     (root / "images").mkdir()
     (root / "regions").mkdir()
-    jobs = _jobs(seq)
-    with ThreadPoolExecutor(max_workers=max(1, min(8, (os.cpu_count() or 2)))) as pool:
+    views = _views(seq)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, (os.cpu_count() or 2)))) as pool, \
+            tqdm(total=sum(len(c) for _, c in views), desc="head: rendering", unit="img",
+                 disable=not progress) as bar:
         pending = []
-        for k, cam in tqdm(jobs, desc="head: rendering", unit="img", disable=not progress):
-            out = seq.render(k, cam, supersample)
-            rgba = np.round(out.rgba * 255.0).astype(np.uint8)[..., [2, 1, 0, 3]]
-            stem = image_name(k, cam.index)
-            pending.append(pool.submit(_write_png, root / "images" / f"{stem}.png", rgba))
-            pending.append(pool.submit(_write_png, root / "regions" / f"{stem}.png", out.region))
+        for k, cams in views:
+            for cam, out in zip(cams, seq.render_views(k, cams, supersample)):
+                rgba = np.round(out.rgba * 255.0).astype(np.uint8)[..., [2, 1, 0, 3]]
+                stem = image_name(k, cam.index)
+                pending.append(pool.submit(_write_png, root / "images" / f"{stem}.png", rgba))
+                pending.append(pool.submit(_write_png, root / "regions" / f"{stem}.png",
+                                           out.region))
+            bar.update(len(cams))
         for p in pending:
             p.result()
 
@@ -214,6 +221,22 @@ def _write_info(seq: HeadSequence, root: Path, config: dict, selection: dict) ->
     (root / "head_info.json").write_text(json.dumps(info, indent=1))
 
 
+class _StageClock:
+    """Wall time of consecutive stages, for the generator's one-line report."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.stages: list[tuple[str, float]] = []
+
+    def stop(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages.append((name, now - self.last))
+        self.last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{n} {t:.1f} s" for n, t in self.stages)
+
+
 def write_head_dataset(out_dir: Path, variant: str | Variant = "demo", seed: int = 0,
                        teeth: bool = False, device: str = "cpu", progress: bool = True,
                        overwrite: bool = False, **overrides) -> Path:
@@ -239,12 +262,19 @@ def write_head_dataset(out_dir: Path, variant: str | Variant = "demo", seed: int
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
+        clock = _StageClock()
         _write_meshes(seq, tmp / "meshes")
+        clock.stop("meshes")
         _render_all(seq, tmp, v.supersample, progress)
+        clock.stop("images")
         _write_transforms(seq, tmp)
         _write_points(seq, tmp, v.points)
+        clock.stop("points")
         selection = _write_selection(seq, tmp, progress)
         _write_info(seq, tmp, config, selection)
+        clock.stop("selection")
+        if progress:
+            print(f"head: {clock}")
         if out_dir.exists():   # overwrite: move the old one aside first, drop it afterwards
             old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(out_dir, old)
