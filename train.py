@@ -23,6 +23,7 @@ from tqdm import tqdm
 from arguments import (DEFAULT_ITERATIONS, DEMO_ITERATIONS, DEMO_SOURCE, add_model_args,
                        add_optimization_args, add_pipeline_args, model_path_for, save_config)
 from gaussian_renderer import render
+from gaussian_renderer.crop import crop_camera, footprint_crop
 from scene import resolve_source
 from scene.binding import face_frames
 from scene.dataset import StgaDataset, load_dataset, load_training_faces
@@ -322,13 +323,25 @@ class Trainer:
                 background = torch.rand(3, generator=self.generator).to(self.device)
             else:
                 background = self.background
-            out = render(camera, world, background, backend=a.backend)
-            loss = training_loss(out["render"], target.get(), background, a.lambda_dssim)
+            crop = None
+            if a.crop_local_steps and selection is not None:
+                crop = footprint_crop(camera, world, selection.mask)
+            if crop is None:
+                out = render(camera, world, background, backend=a.backend)
+                loss = training_loss(out["render"], target.get(), background, a.lambda_dssim)
+            else:   # only the part the trainable rows can reach, scaled as a share of the image
+                out = render(crop_camera(camera, crop), world, background, backend=a.backend)
+                gt = target.get()[crop.slices()].contiguous()
+                loss = training_loss(out["render"], gt, background, a.lambda_dssim) \
+                    * crop.fraction
             loss = loss + self.regularisation(selection)
             loss.backward()
             if densifying:
-                self.density.accumulate(out["viewspace_points"].grad, out["visibility_filter"],
-                                        mask)
+                screen_grad = out["viewspace_points"].grad
+                if crop is not None:   # d/d NDC of the crop -> d/d NDC of the full image
+                    screen_grad = screen_grad * screen_grad.new_tensor(
+                        [crop.full_width / crop.width, crop.full_height / crop.height, 1.0])
+                self.density.accumulate(screen_grad, out["visibility_filter"], mask)
             self.optimizer.step(None if selection is None else selection.rows)
             self.optimizer.zero_grad()
             loss = loss.detach()

@@ -89,6 +89,11 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--global_warmup", type=int, default=None,
                    help="iterations of global warm-up (random views, all Gaussians trainable) "
                         "before selective training (default: 10%% of --iterations)")
+    s.add_argument("--crop_local_steps", action=argparse.BooleanOptionalAction, default=False,
+                   help="in selective steps, render and score only the image region the "
+                        "trainable Gaussians can reach (their screen footprint widened by the "
+                        "SSIM window), with the loss scaled to the full image's: the same "
+                        "gradients for a fraction of the pixels")
     s.add_argument("--global_every", type=int, default=20,
                    help="every this many frames, a frame is trained with all Gaussians "
                         "(global refinement; default 20)")

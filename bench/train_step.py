@@ -53,7 +53,8 @@ from tools.ict_head.writer import (FORMAT_VERSION, default_cache_dir,  # noqa: E
                                    ensure_head_dataset, write_head_dataset)
 
 PHASES = ("data", "select", "binding", "render", "loss", "backward", "step", "densify", "other")
-CONFIGS = {"paper": ["--selection", "paper"], "none": ["--selection", "none"]}
+CONFIGS = {"paper": ["--selection", "paper"], "none": ["--selection", "none"],
+           "paper-crop": ["--selection", "paper", "--crop_local_steps"]}
 # Put the timed window in the selective stage, with densification events inside it.
 TRAIN_OVERRIDES = ["--global_warmup", "0", "--densify_from_iter", "0"]
 
@@ -441,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = parser.add_argument_group("timing")
     r.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                    help="paper: train.py's default selective training; none: --selection none "
-                        "(every Gaussian trains at every step)")
+                        "(every Gaussian trains at every step); paper-crop: selective steps "
+                        "rendered and scored on the trainable rows' crop (--crop_local_steps)")
     r.add_argument("--iterations", type=int, default=500,
                    help="timed iterations per pass (statistics are over these)")
     r.add_argument("--warmup", type=int, default=50,

@@ -248,3 +248,23 @@ def test_opacity_reset_in_the_selective_stage_is_an_option(tiny_head, tmp_path, 
         assert opacity.max() < 0.02
     else:
         assert opacity.min() > 0.8
+
+
+def test_crop_local_steps_train_on_part_of_the_image(tiny_head, tmp_path, monkeypatch):
+    import gaussian_renderer.crop as crop_module
+    fractions = []
+    original = crop_module.footprint_crop
+
+    def spy(*args, **kwargs):
+        crop = original(*args, **kwargs)
+        fractions.append(None if crop is None else crop.fraction)
+        return crop
+
+    monkeypatch.setattr(train, "footprint_crop", spy)
+    t = trainer(tiny_head, tmp_path / "m", "--iterations", "40", "--global_warmup", "5",
+                "--crop_local_steps", "--sh_degree", "0", "--densify_from_iter", "10",
+                "--densification_interval", "10")
+    t.run()
+    used = [f for f in fractions if f is not None]
+    assert used and all(0.0 < f <= 1.0 for f in used)
+    assert t.evaluate(40)["test"]["PSNR"] > 5.0
