@@ -11,9 +11,9 @@ import pytest
 import torch
 from plyfile import PlyData
 
-from scene.demo_head import (FORMAT_VERSION, REGION_EYES, REGION_MOUTH, REGION_SKIN,
-                             build_demo_scene, build_head_mesh, demo_dataset_path,
-                             ensure_demo_dataset, face_regions, write_demo_dataset)
+from scene.demo_head import (REGION_EYES, REGION_MOUTH, REGION_SKIN,
+                             build_demo_scene, build_head_mesh, face_regions,
+                             write_demo_dataset)
 from scene.demo_head.mesh import PART_CAVITY, PART_EYEBALL, PART_SKIN
 from scene.binding import face_frames
 from scene.demo_head.raster import _rasterize, render_mesh
@@ -397,16 +397,6 @@ def test_rasterizer_matches_brute_force(tiny_scene):
 
 
 # ---------------------------------------------------------------- cache
-
-def test_cache_path_and_reuse(tmp_path, monkeypatch):
-    p = demo_dataset_path(tmp_path, seed=5)
-    assert p.parent == tmp_path and f"v{FORMAT_VERSION}" in p.name and "seed5" in p.name
-    monkeypatch.setenv("STGA_CACHE", str(tmp_path / "env"))
-    assert demo_dataset_path(None, 0).parent == tmp_path / "env"
-    p.mkdir(parents=True)
-    (p / "transforms_train.json").write_text('{"frames": []}')
-    assert ensure_demo_dataset(tmp_path, seed=5) == p     # reused, not regenerated
-
 
 def test_points_per_face_sets_the_initial_gaussian_count(tmp_path):
     out = write_demo_dataset(tmp_path / "dense", seed=3, points_per_face=5, **TINY)

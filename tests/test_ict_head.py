@@ -19,7 +19,7 @@ from tools.ict_head.asset import (ASSET_PATH, EYELASHES, GUMS_TONGUE, SCLERA, SK
 from tools.ict_head.raster import rasterize
 from tools.ict_head.writer import ensure_head_dataset, spread_points
 
-SMALL = dict(width=110, height=160, n_cameras=3, n_train=2, n_test=1, stride=30,
+SMALL = dict(width=110, height=160, n_cameras=3, n_train=2, n_test=1, stride=30, test_stride=40,
              supersample=2, points=400)
 
 

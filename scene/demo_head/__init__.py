@@ -1,11 +1,10 @@
-"""Embedded synthetic head: a procedural, animated, textured head written as an STGA dataset.
+"""A small procedural, animated, textured head written as an STGA dataset: the unit tests' data.
 
-``python train.py -s demo`` uses :func:`ensure_demo_dataset`, which generates the dataset into a
-cache folder on first use. Modules: ``profile`` (parametric skin surface and facial relief),
+(``-s demo`` is the realistic head of ``tools/ict_head``.) Modules: ``profile`` (parametric skin surface and facial relief),
 ``mesh`` (triangles, UVs, region labels, rig weights), ``rig`` (expressions and posing),
 ``texture`` (procedural atlas, bilinear sampling), ``shading`` (baked Lambert factor),
 ``cameras`` (the rig of cameras), ``raster`` (the z-buffer ground-truth renderer), ``points``
-(points3d.ply), ``scene`` (the sequence in memory), ``writer`` (files, cache).
+(points3d.ply), ``scene`` (the sequence in memory), ``writer`` (files).
 """
 import numpy as np
 
@@ -13,8 +12,7 @@ from scene.demo_head.cameras import Camera, build_cameras
 from scene.demo_head.mesh import (REGION_BACKGROUND, REGION_EYES, REGION_MOUTH, REGION_SKIN,
                                   HeadMesh, MeshLayout, build_head_mesh)
 from scene.demo_head.scene import DemoScene, build_demo_scene
-from scene.demo_head.writer import (FORMAT_VERSION, demo_dataset_path, ensure_demo_dataset,
-                                    write_demo_dataset)
+from scene.demo_head.writer import FORMAT_VERSION, write_demo_dataset
 
 
 def face_regions() -> np.ndarray:
@@ -24,5 +22,5 @@ def face_regions() -> np.ndarray:
 
 __all__ = ["Camera", "DemoScene", "FORMAT_VERSION", "HeadMesh", "MeshLayout", "REGION_BACKGROUND",
            "REGION_EYES", "REGION_MOUTH", "REGION_SKIN", "build_cameras", "build_demo_scene",
-           "build_head_mesh", "demo_dataset_path", "ensure_demo_dataset", "face_regions",
+           "build_head_mesh", "face_regions",
            "write_demo_dataset"]

@@ -1,4 +1,4 @@
-"""Write the demo head as a complete STGA dataset, and keep a cached copy for ``-s demo``.
+"""Write the procedural head (the unit tests' small data) as a complete STGA dataset.
 
 Layout written (see the STGA data format): ``transforms_{train,test,val}.json``, ``images/`` (RGBA
 PNG, alpha = coverage), ``regions/`` (uint8 labels 0 background, 1 skin/other, 2 mouth, 3 eyes, one
@@ -11,9 +11,6 @@ beside the target and renamed into place at the end, so a reader never sees half
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import cv2
@@ -23,10 +20,10 @@ from tqdm import tqdm
 from scene.demo_head.points import write_points_ply
 from scene.points import points_on_faces
 from scene.demo_head.scene import DemoScene, build_demo_scene
+from utils.atomic import atomic_folder
 
 FORMAT_VERSION = 1
 POINTS_PER_FACE = 2
-CACHE_ENV = "STGA_CACHE"
 
 
 def image_name(keyframe: int, camera: int) -> str:
@@ -132,8 +129,6 @@ def write_demo_dataset(out_dir: Path, seed: int = 0, width: int = 128, height: i
     if points_per_face < 1:
         raise ValueError(f"points_per_face must be at least 1, got {points_per_face}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists")
     config = {"seed": seed, "width": width, "height": height, "n_train_frames": n_train_frames,
               "n_test_frames": n_test_frames, "n_cameras": n_cameras,
               "supersample": supersample, "texture_size": texture_size}
@@ -142,54 +137,11 @@ def write_demo_dataset(out_dir: Path, seed: int = 0, width: int = 128, height: i
     scene = build_demo_scene(seed=seed, width=width, height=height, n_train_frames=n_train_frames,
                              n_test_frames=n_test_frames, n_cameras=n_cameras,
                              texture_size=texture_size)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_folder(out_dir, overwrite) as tmp:
         _write_meshes(scene, tmp / "meshes")
         _render_all(scene, tmp, supersample, progress)
         _write_transforms(scene, tmp)
         _write_points(scene, tmp, points_per_face)
         _write_selection(scene, tmp, progress)
         _write_info(scene, tmp, config)
-        if out_dir.exists():   # overwrite: move the old one aside first, drop it afterwards
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def default_cache_dir() -> Path:
-    """``$STGA_CACHE`` if set, else ``~/.cache/stga``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "stga"
-
-
-def demo_dataset_path(cache_dir: Path | None = None, seed: int = 0) -> Path:
-    """Where the cached demo for ``seed`` lives (the folder name carries the format version, so a
-    format change never reuses an old cache)."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / f"demo_head_v{FORMAT_VERSION}_seed{seed}"
-
-
-def ensure_demo_dataset(cache_dir: Path | None = None, seed: int = 0) -> Path:
-    """Path of the cached demo dataset, generated on first use (default configuration)."""
-    path = demo_dataset_path(cache_dir, seed)
-    if (path / "transforms_train.json").is_file():
-        return path
-    print(f"demo head: generating the synthetic dataset into {path} (first use)")
-    try:
-        return write_demo_dataset(path, seed=seed)
-    except (FileExistsError, OSError):
-        # another process finished first (its rename won), or a stale incomplete folder is there
-        if (path / "transforms_train.json").is_file():
-            return path
-        if path.exists():
-            return write_demo_dataset(path, seed=seed, overwrite=True)
-        raise

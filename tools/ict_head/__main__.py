@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None,
                    help="torch device of the renderer (default: cuda when available, else cpu)")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
-    for field in ("width", "height", "n_cameras", "n_train", "n_test", "stride", "supersample",
-                  "points"):
+    for field in ("width", "height", "n_cameras", "n_train", "n_test", "stride", "test_stride",
+                  "supersample", "points"):
         p.add_argument(f"--{field}", type=int, default=None,
                        help=f"override the variant's {field.replace('_', ' ')}")
     return p
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = {k: getattr(args, k) for k in ("width", "height", "n_cameras", "n_train",
-                                               "n_test", "stride", "supersample", "points")
+                                               "n_test", "stride", "test_stride", "supersample",
+                                               "points")
                  if getattr(args, k) is not None}
     if any(v < 1 for v in overrides.values()):
         print("error: size overrides must be positive integers", file=sys.stderr)

@@ -1,8 +1,10 @@
 """The realistic head's sequence in memory: posed meshes, cameras, and the ground-truth renderer.
 
-Keyframe k is frame ``k * stride`` of a 25 fps performance: the training keyframes come first,
-then the held-out test keyframes (the continuation of the same performance). Vertices are rounded
-to 0.1 micrometre once, here, so that the images, the written meshes and the selection agree.
+Keyframe k < n_train is frame ``k * stride`` of a 25 fps performance; the held-out test
+keyframes continue the same performance after the training part, ``test_stride`` frames apart
+(sparser, so that a few test keyframes span talking, smiles and blinks rather than one pause).
+Vertices are rounded to 0.1 micrometre once, here, so that the images, the written meshes and
+the selection agree.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class HeadSequence:
     n_train: int
     n_test: int
     stride: int
+    test_stride: int
     cameras: list[Camera]
     seed: int = 0
     teeth_in_mesh: bool = False
@@ -71,7 +74,10 @@ class HeadSequence:
 
     def frame_of(self, keyframe: int) -> int:
         """The performance frame (25 fps) shown at ``keyframe``."""
-        return int(keyframe) * self.stride
+        k = int(keyframe)
+        if k < self.n_train:
+            return k * self.stride
+        return self.n_train * self.stride + (k - self.n_train) * self.test_stride
 
     def weights(self, keyframe: int) -> np.ndarray:
         return self.performance.weights[self.frame_of(keyframe)]
@@ -291,12 +297,14 @@ class HeadSequence:
 
 
 def build_sequence(seed: int = 0, width: int = 550, height: int = 802, n_train: int = 60,
-                   n_test: int = 12, stride: int = 3, n_cameras: int = 16,
+                   n_test: int = 12, stride: int = 3, test_stride: int | None = None,
+                   n_cameras: int = 16,
                    teeth_in_mesh: bool = False, device: str = "cpu") -> HeadSequence:
     """The sequence in memory (nothing is rendered until asked)."""
     asset = load_asset()
-    n_frames = (n_train + n_test) * stride
+    test_stride = stride if test_stride is None else test_stride
+    n_frames = n_train * stride + n_test * test_stride
     perf = perform(asset.expression_names, n_frames, seed, FPS)
     return HeadSequence(asset=asset, performance=perf, n_train=n_train, n_test=n_test,
-                        stride=stride, cameras=build_rig(width, height, n_cameras), seed=seed,
+                        stride=stride, test_stride=test_stride, cameras=build_rig(width, height, n_cameras), seed=seed,
                         teeth_in_mesh=teeth_in_mesh, device=device)

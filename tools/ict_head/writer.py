@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import time
-import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -34,6 +32,7 @@ from scene.demo_head.points import write_points_ply
 from scene.points import points_on_faces
 from selection import compute_selection
 from tools.ict_head.scene import HeadSequence, build_sequence
+from utils.atomic import atomic_folder
 
 FORMAT_VERSION = 2
 CACHE_ENV = "STGA_CACHE"
@@ -48,16 +47,17 @@ class Variant:
     n_cameras: int      # on the arc, the held-out val camera included
     n_train: int        # training keyframes
     n_test: int         # held-out keyframes (the performance's continuation)
-    stride: int         # performance frames (25 fps) between keyframes
+    stride: int         # performance frames (25 fps) between training keyframes
+    test_stride: int    # performance frames between test keyframes (after the training part)
     supersample: int    # samples per pixel side of the ground-truth renderer
     points: int         # initial Gaussians in points3d.ply (spread by face area)
 
 
 VARIANTS = {
     "demo": Variant(width=110, height=160, n_cameras=8, n_train=20, n_test=5, stride=6,
-                    supersample=2, points=12_000),
+                    test_stride=18, supersample=2, points=12_000),
     "large": Variant(width=550, height=802, n_cameras=16, n_train=64, n_test=12, stride=3,
-                     supersample=2, points=100_000),
+                     test_stride=9, supersample=2, points=100_000),
 }
 
 
@@ -251,17 +251,15 @@ def write_head_dataset(out_dir: Path, variant: str | Variant = "demo", seed: int
     if v.points < 1:
         raise ValueError(f"points must be at least 1, got {v.points}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
+    if out_dir.exists() and not overwrite:   # before any work
         raise FileExistsError(f"{out_dir} already exists")
     config = {"variant": variant if isinstance(variant, str) else "custom", **asdict(v),
               "seed": seed, "teeth_in_mesh": teeth}
     seq = build_sequence(seed=seed, width=v.width, height=v.height, n_train=v.n_train,
-                         n_test=v.n_test, stride=v.stride, n_cameras=v.n_cameras,
+                         n_test=v.n_test, stride=v.stride, test_stride=v.test_stride,
+                         n_cameras=v.n_cameras,
                          teeth_in_mesh=teeth, device=device)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_folder(out_dir, overwrite) as tmp:
         clock = _StageClock()
         _write_meshes(seq, tmp / "meshes")
         clock.stop("meshes")
@@ -275,16 +273,6 @@ def write_head_dataset(out_dir: Path, variant: str | Variant = "demo", seed: int
         clock.stop("selection")
         if progress:
             print(f"head: {clock}")
-        if out_dir.exists():   # overwrite: move the old one aside first, drop it afterwards
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
