@@ -36,8 +36,8 @@ from scene.regularisation import local_regularisation
 from scene.schedule import Step, TrainingSchedule
 from utils.atomic import atomic_path
 from utils.image_metrics import masked_psnr, psnr, ssim
-from utils.progress import ProgressLog
 from utils.loss import training_loss
+from utils.progress import ProgressLog
 from utils.selective_adam import SelectiveAdam
 
 CHECKPOINT_VERSION = 1
