@@ -32,7 +32,7 @@ PAINT_DTYPE = torch.float32   # paint and light (the z-buffer itself works in fl
 class RenderOutput:
     """One view: colour with coverage, and what each pixel's central sample sees."""
 
-    rgba: np.ndarray       # (H, W, 4) float32, straight alpha (coverage)
+    rgba: np.ndarray       # (H, W, 4) uint8, straight alpha (coverage), as written to PNG
     region: np.ndarray     # (H, W) uint8: 0 background, 1 skin/other, 2 mouth, 3 eyes
     material: np.ndarray   # (H, W) int8 material at the central sample, -1 for background
 
@@ -187,7 +187,7 @@ class HeadSequence:
 
     @torch.no_grad()
     def render_views(self, keyframe: int, cameras: list[Camera], supersample: int = 3,
-                     max_samples: int = 1 << 23) -> list[RenderOutput]:
+                     max_samples: int | None = None) -> list[RenderOutput]:
         """Ground-truth images of ``keyframe`` seen by each of ``cameras``.
 
         Two passes per camera: every surface but the eyelashes (opaque), then the eyelashes,
@@ -195,6 +195,8 @@ class HeadSequence:
         The samples of several cameras (up to ``max_samples`` of supersampled grid in all) are
         painted and lit together: a few large tensor operations instead of many small ones.
         """
+        if max_samples is None:   # a GPU takes a whole keyframe of the large variant at once
+            max_samples = 1 << 25 if self.device.startswith("cuda") else 1 << 23
         out: list[RenderOutput] = []
         group: list[Camera] = []
         ss = int(supersample)
@@ -285,7 +287,8 @@ class HeadSequence:
         img = img[0].permute(1, 2, 0)
         alpha = img[..., 3:]
         rgb = (img[..., :3] / alpha.clamp_min(1e-12)).clamp(0, 1)
-        rgba = torch.cat([rgb, alpha.clamp(0, 1)], -1).float().cpu().numpy()
+        rgba = torch.cat([rgb, alpha.clamp(0, 1)], -1).float()
+        rgba = (rgba * 255.0).round().to(torch.uint8).cpu().numpy()   # 8 bits on the device
         c = ss // 2
         central = base_face.reshape(cam.height, ss, cam.width, ss)[:, c, :, c]
         hit = central >= 0

@@ -14,6 +14,7 @@ beside the target and renamed into place at the end, so a reader never sees half
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -21,6 +22,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -74,6 +76,8 @@ def _views(seq: HeadSequence) -> list[tuple[int, list]]:
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
+    if image.ndim == 3:   # RGBA -> OpenCV's BGRA, here in the writer threads
+        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
     if not cv2.imwrite(str(path), image):
         raise OSError(f"could not write {path}")
 
@@ -89,9 +93,9 @@ def _render_all(seq: HeadSequence, root: Path, supersample: int, progress: bool)
         pending = []
         for k, cams in views:
             for cam, out in zip(cams, seq.render_views(k, cams, supersample)):
-                rgba = np.round(out.rgba * 255.0).astype(np.uint8)[..., [2, 1, 0, 3]]
                 stem = image_name(k, cam.index)
-                pending.append(pool.submit(_write_png, root / "images" / f"{stem}.png", rgba))
+                pending.append(pool.submit(_write_png, root / "images" / f"{stem}.png",
+                                           out.rgba))
                 pending.append(pool.submit(_write_png, root / "regions" / f"{stem}.png",
                                            out.region))
             bar.update(len(cams))
@@ -122,18 +126,25 @@ def _write_mesh_file(path: Path, triangles: np.ndarray) -> None:
     path.write_text(mesh_json(triangles))
 
 
-def _write_meshes(seq: HeadSequence, folder: Path) -> None:
-    """One JSON file per keyframe; formatting is CPU-bound, so long sequences use processes."""
+@contextlib.contextmanager
+def _meshes_written(seq: HeadSequence, folder: Path) -> Iterator[None]:
+    """Write one JSON file per keyframe. Formatting is CPU-bound: with enough cores and
+    keyframes, worker processes write them while the body of the ``with`` runs (the rendering),
+    and the ``with`` ends when they are done; otherwise they are written first."""
     folder.mkdir()
     meshes = seq.meshes
     paths = [folder / f"mesh_{k:04d}.json" for k in range(seq.n_keyframes)]
-    workers = min(8, (os.cpu_count() or 1))
-    if len(paths) < 16 or workers < 3:
+    workers = min(6, (os.cpu_count() or 1) // 2)
+    if len(paths) < 16 or workers < 2:
         for path, tri in zip(paths, meshes):
             _write_mesh_file(path, tri)
+        yield
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(_write_mesh_file, paths, meshes))
+        pending = [pool.submit(_write_mesh_file, p, t) for p, t in zip(paths, meshes)]
+        yield
+        for p in pending:
+            p.result()
 
 
 def spread_points(triangles: np.ndarray, total: int) -> np.ndarray:
@@ -261,10 +272,9 @@ def write_head_dataset(out_dir: Path, variant: str | Variant = "demo", seed: int
                          teeth_in_mesh=teeth, device=device)
     with atomic_folder(out_dir, overwrite) as tmp:
         clock = _StageClock()
-        _write_meshes(seq, tmp / "meshes")
-        clock.stop("meshes")
-        _render_all(seq, tmp, v.supersample, progress)
-        clock.stop("images")
+        with _meshes_written(seq, tmp / "meshes"):
+            _render_all(seq, tmp, v.supersample, progress)
+        clock.stop("meshes and images")
         _write_transforms(seq, tmp)
         _write_points(seq, tmp, v.points)
         clock.stop("points")
