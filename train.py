@@ -123,7 +123,7 @@ class Trainer:
             self.train_cameras,
             self.dataset.training_faces if args.selection == "paper" else None,
             self.generator, order=args.order, global_warmup=args.global_warmup,
-            global_every=args.global_every)
+            global_every=args.global_every, static_fit=args.static_fit)
         reference = self.frames(self.reference_keyframe)
         self.face_size = reference.size
         self.mean_face_size = float(reference.size.mean())
@@ -350,7 +350,8 @@ class Trainer:
                 self.density.densify_and_prune(
                     self.model, self.optimizer, a.densify_grad_threshold, a.min_opacity,
                     a.percent_dense * self.extent, self.face_size, self.generator)
-            selective_stage = a.selection == "paper" and iteration > a.global_warmup
+            selective_stage = (a.selection == "paper"
+                               and iteration >= self.schedule.frame_stage_start)
             if (iteration % a.opacity_reset_interval == 0 or (
                     a.white_background and iteration == a.densify_from_iter)) and (
                     a.opacity_reset_in_selective_stage or not selective_stage):

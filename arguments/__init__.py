@@ -94,6 +94,10 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> None:
                         "trainable Gaussians can reach (their screen footprint widened by the "
                         "SSIM window), with the loss scaled to the full image's: the same "
                         "gradients for a fraction of the pixels")
+    s.add_argument("--static_fit", type=int, default=0,
+                   help="iterations of a static fit before the warm-up: random views of the "
+                        "first training keyframe only, every Gaussian trainable (the authors' "
+                        "pipeline starts its dynamic stage from such a model; default 0: none)")
     s.add_argument("--global_every", type=int, default=20,
                    help="every this many frames, a frame is trained with all Gaussians "
                         "(global refinement; default 20)")

@@ -1,6 +1,8 @@
 """Which image trains next, and which faces are trainable at that step.
 
-STGA's schedule (paper, section "selective training"): a global warm-up on random views with
+STGA's schedule (paper, section "selective training"): optionally a static fit first (random
+views of one keyframe, every Gaussian trainable: the authors' code starts its dynamic run from
+such a model), then a global warm-up on random views with
 every Gaussian trainable; then frames in shuffled order, all views of one frame before the next,
 with only that frame's selected faces trainable, except every ``global_every``-th frame, which
 trains everything. ``order="random"`` and ``selection=False`` give the ablation arms (plain 3DGS
@@ -34,18 +36,22 @@ class TrainingSchedule:
 
     def __init__(self, cameras: List[Camera], training_faces: Optional[Mapping[int, np.ndarray]],
                  generator: torch.Generator, order: str = "frames", global_warmup: int = 0,
-                 global_every: int = 20):
+                 global_every: int = 20, static_fit: int = 0,
+                 static_keyframe: Optional[int] = None):
         if not cameras:
             raise ValueError("no training cameras")
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         if global_every < 1:
             raise ValueError("global_every must be at least 1")
+        if static_fit < 0 or global_warmup < 0:
+            raise ValueError("static_fit and global_warmup must not be negative")
         self.cameras = cameras
         self.generator = generator
         self.order = order
         self.global_warmup = global_warmup
         self.global_every = global_every
+        self.static_fit = static_fit
         self.faces = None if training_faces is None else {
             k: torch.as_tensor(np.asarray(v), dtype=torch.long) for k, v in training_faces.items()}
         by_frame: Dict[int, List[int]] = {}
@@ -53,6 +59,11 @@ class TrainingSchedule:
             by_frame.setdefault(cam.keyframe, []).append(i)
         self.frame_ids = sorted(by_frame)
         self.views_of = by_frame
+        if static_keyframe is None:
+            static_keyframe = self.frame_ids[0]
+        if static_fit > 0 and static_keyframe not in by_frame:
+            raise ValueError(f"static keyframe {static_keyframe} has no training views")
+        self.static_keyframe = static_keyframe
         # position state
         self.steps = 0
         self.queue: List[int] = []        # camera indices still to visit (current epoch/frame)
@@ -79,13 +90,24 @@ class TrainingSchedule:
             self.current_global = self.frames_started % self.global_every == 0
         return self.queue.pop(0)
 
+    @property
+    def frame_stage_start(self) -> int:
+        """The first step (1-based) of the frame stage, after the static fit and the warm-up."""
+        return self.static_fit + self.global_warmup + 1
+
     def next(self) -> Step:
-        warm = self.steps < self.global_warmup
         self.steps += 1
-        if warm:
+        if self.steps <= self.static_fit:
+            if not self.queue:
+                views = self.views_of[self.static_keyframe]
+                self.queue = [views[i] for i in self._perm(len(views))]
+            return Step(self.cameras[self.queue.pop(0)], None, True)
+        if self.steps == self.static_fit + 1:
+            self.queue = []  # the warm-up draws from every view
+        if self.steps < self.frame_stage_start:
             cam = self.cameras[self._next_random()]
             return Step(cam, None, True)
-        if self.steps == self.global_warmup + 1:
+        if self.steps == self.frame_stage_start:
             self.queue = []  # start the selective stage on a fresh frame
         if self.order == "random":
             cam = self.cameras[self._next_random()]

@@ -78,3 +78,27 @@ def test_state_dict_resumes_the_same_sequence():
     other = TrainingSchedule(cameras(), FACES, gen2, global_warmup=4, global_every=2)
     other.load_state_dict(state)
     assert [(s.camera.uid, s.is_global) for s in (other.next() for _ in range(25))] == expected
+
+
+def test_static_fit_trains_one_keyframe_before_the_warmup_and_resumes_exactly():
+    sched = TrainingSchedule(cameras(), FACES, torch.Generator().manual_seed(2), global_warmup=15,
+                             static_fit=7, static_keyframe=2)
+    static = [sched.next() for _ in range(7)]
+    assert all(s.is_global and s.camera.keyframe == 2 for s in static)
+    assert {s.camera.uid for s in static[:3]} == {6, 7, 8}     # all its views, then again
+    warm = [sched.next() for _ in range(15)]
+    assert all(s.is_global for s in warm)
+    assert sorted(s.camera.uid for s in warm) == list(range(15))
+    assert sched.frame_stage_start == 23
+    state, rng = sched.state_dict(), sched.generator.get_state()
+    follow = [sched.next() for _ in range(6)]
+    assert any(not s.is_global for s in follow)
+    again = TrainingSchedule(cameras(), FACES, torch.Generator(), global_warmup=15,
+                             static_fit=7, static_keyframe=2)
+    again.load_state_dict(state)
+    again.generator.set_state(rng)
+    assert [again.next().camera.uid for _ in range(6)] == [s.camera.uid for s in follow]
+    with pytest.raises(ValueError):
+        TrainingSchedule(cameras(), FACES, torch.Generator(), static_fit=-1)
+    with pytest.raises(ValueError):
+        TrainingSchedule(cameras(), FACES, torch.Generator(), static_fit=3, static_keyframe=9)
