@@ -120,12 +120,12 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> None:
                    help="Gaussians larger than this fraction of the scene extent are split, "
                         "smaller ones cloned (default 0.01)")
     d.add_argument("--opacity_reset_in_selective_stage", action=argparse.BooleanOptionalAction,
-                   default=True,
-                   help="apply the opacity resets (and the white-background reset at "
-                        "--densify_from_iter) after the global warm-up too; a reset clamps every "
-                        "Gaussian, but in selective steps only the selected ones can recover, the "
-                        "rest stay nearly transparent until a global frame trains them; "
-                        "--no-opacity_reset_in_selective_stage keeps resets to the warm-up")
+                   default=False,
+                   help="also apply the opacity resets (and the white-background reset at "
+                        "--densify_from_iter) after the warm-up, in the selective stage; off by "
+                        "default: a reset clamps every Gaussian, but in selective steps only the "
+                        "selected ones can recover, the rest stay nearly transparent until a "
+                        "global frame trains them (measured: -2.3 to -2.8 dB)")
     d.add_argument("--min_opacity", type=float, default=0.005,
                    help="Gaussians fainter than this are pruned (never a face's last one)")
 

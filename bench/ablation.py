@@ -30,11 +30,9 @@ ARMS = {
     "plain": ["--order", "random", "--selection", "none"],
     "grouped": ["--order", "frames", "--selection", "none"],
     "paper": ["--order", "frames", "--selection", "paper"],
-    "paper-noreset": ["--order", "frames", "--selection", "paper",
-                      "--no-opacity_reset_in_selective_stage"],
+    "paper-reset": ["--order", "frames", "--selection", "paper",
+                    "--opacity_reset_in_selective_stage"],
     "paper-crop": ["--order", "frames", "--selection", "paper", "--crop_local_steps"],
-    "paper-noreset-crop": ["--order", "frames", "--selection", "paper",
-                           "--no-opacity_reset_in_selective_stage", "--crop_local_steps"],
 }
 REGIONS = {"mouth": 2, "eyes": 3}
 
