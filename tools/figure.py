@@ -61,12 +61,12 @@ def compose(render: np.ndarray, gt: np.ndarray, regions: np.ndarray | None,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--model_path", required=True, help="model folder (render.py done)")
-    p.add_argument("--split", default="test", help="which rendered split to take the view from")
+    p.add_argument("--split", default="test", help="which rendered split to take the view from (default test)")
     p.add_argument("--image", default=None,
                    help="image stem (default: the view whose mouth region is largest)")
-    p.add_argument("--scale", type=int, default=3, help="upscaling of the top row")
+    p.add_argument("--scale", type=int, default=3, help="upscaling of the top row (default 3)")
     p.add_argument("--out", default=None, help="output PNG (default: <model>/figure.png)")
     args = p.parse_args(argv)
     model = Path(args.model_path)
