@@ -42,12 +42,11 @@ from tqdm import tqdm
 from utils.atomic import atomic_path
 from utils.image_metrics import PSNR_CAP_DB, masked_psnr, masked_ssim, psnr, ssim
 from utils.lpips import LPIPS, LpipsUnavailable, get_lpips
+from utils.regions import MIN_REGION_PIXELS, REGIONS, RegionMapError, RegionMaps
 
 KNOWN_SPLITS = ("train", "val", "test")
 _METHOD_RE = re.compile(r"^ours_(\d+)$")
 _IMAGE_EXT = ".png"
-REGIONS = {"mouth": 2, "eyes": 3}  # label values of the region maps
-MIN_REGION_PIXELS = 16  # fewer pixels than this: the view does not score that region
 REGIONS_DIR = "regions"
 
 
@@ -163,38 +162,6 @@ def load_lpips_or_none(net: str, device: torch.device | str) -> LPIPS | None:
 
 # ---------------------------------------------------------------------------------------------
 # Region maps (--masks)
-
-
-class RegionMaps:
-    """Label maps of one dataset, ``<folder>/<image name>`` (the render's file name), read on demand."""
-
-    def __init__(self, folder: str):
-        self.folder = folder
-
-    def labels(self, name: str, height: int, width: int) -> np.ndarray | None:
-        """(height, width) uint8 labels for a render, or None when the map is missing.
-
-        A map at the dataset's full size is resized (nearest label) to a render made at a lower
-        --resolution; a map of another aspect ratio is an error naming the file.
-        """
-        path = os.path.join(self.folder, name)
-        if not os.path.isfile(path):
-            return None
-        arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if arr is None:
-            raise MetricsError(f"cannot read region map {path} (corrupt or not a PNG)")
-        if arr.ndim == 3:
-            if not all(np.array_equal(arr[:, :, 0], arr[:, :, i]) for i in range(1, arr.shape[2])):
-                raise MetricsError(f"region map {path} has {arr.shape[2]} different channels; "
-                                   f"expected one channel of labels")
-            arr = arr[:, :, 0]
-        h0, w0 = arr.shape
-        if (h0, w0) != (height, width):
-            if abs(h0 * width / w0 - height) > 1.0:
-                raise MetricsError(f"region map {path} is {w0}x{h0}, which does not scale to the "
-                                   f"{width}x{height} render (width x height)")
-            arr = cv2.resize(arr, (width, height), interpolation=cv2.INTER_NEAREST)
-        return arr
 
 
 def find_region_maps(model_dir: str, regions_dir: str | None = None) -> tuple[RegionMaps | None, str]:
@@ -500,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                 masks=args.masks or args.regions is not None,
                 regions_dir=args.regions,
             )
-        except MetricsError as exc:
+        except (MetricsError, RegionMapError) as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
             continue

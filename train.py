@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -35,15 +34,13 @@ from scene.points import random_points_on_faces, read_points3d
 from scene.regularisation import local_regularisation
 from scene.schedule import Step, TrainingSchedule
 from utils.atomic import atomic_path
-from utils.image_metrics import masked_psnr, psnr, ssim
+from utils.image_metrics import masked_psnr, masked_ssim, psnr, ssim
 from utils.loss import training_loss
 from utils.progress import ProgressLog
+from utils.regions import MIN_REGION_PIXELS, REGIONS, RegionMapError, RegionMaps
 from utils.selective_adam import SelectiveAdam
 
 CHECKPOINT_VERSION = 1
-#: Region labels of the datasets' ``regions/`` maps scored at evaluation (0 bg, 1 skin/other).
-REGIONS = {"mouth": 2, "eyes": 3}
-MIN_REGION_PIXELS = 16
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +127,9 @@ class Trainer:
         self.model = GaussianModel(args.sh_degree, args.face_scale)
         self.first_iteration = 1
         self.seconds_before = 0.0   # training time of the run this one resumes
-        self._regions: Dict[str, Optional[torch.Tensor]] = {}
+        self.start_time: Optional[float] = None      # set by run()
+        self.side_start: Optional[float] = None      # when this iteration's side work began
+        self.region_maps = self._load_region_maps()
         if args.start_checkpoint:
             self._restore(Path(args.start_checkpoint))
         else:
@@ -187,7 +186,7 @@ class Trainer:
             "density": {"grad_accum": self.density.grad_accum, "denom": self.density.denom},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
-            "train_seconds": self.training_seconds(getattr(self, "_side_start", None)),
+            "train_seconds": self.training_seconds(self.side_start),
         }
         path = self.checkpoint_path(iteration)
         with atomic_path(path) as tmp:
@@ -221,26 +220,27 @@ class Trainer:
         self.log(f"Resumed from {path} at iteration {state['iteration']}")
 
     # --- evaluation --------------------------------------------------------------------------
-    def region_map(self, camera) -> Optional[torch.Tensor]:
-        """The dataset's label map of ``camera``'s image (``regions/<stem>.png``) at the
-        camera's resolution, or None when the dataset has none."""
-        key = camera.image_name
-        if key not in self._regions:
-            path = self.dataset.root / "regions" / f"{key}.png"
-            labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
-            if labels is not None and labels.ndim == 2:
-                if labels.shape != (camera.height, camera.width):
-                    labels = cv2.resize(labels, (camera.width, camera.height),
-                                        interpolation=cv2.INTER_NEAREST)
-                self._regions[key] = torch.from_numpy(labels).to(self.device)
-            else:
-                self._regions[key] = None
-        return self._regions[key]
+    def _load_region_maps(self) -> Dict[str, np.ndarray]:
+        """The label maps of the held-out views (``regions/<stem>.png``) at their resolution,
+        read and checked at start-up: a bad map stops the run before training, naming the file.
+        Views without a map (or datasets without ``regions/``) are scored over the whole image
+        only."""
+        maps = RegionMaps(str(self.dataset.root / "regions"))
+        out = {}
+        for split in ("test", "val"):
+            for cam in self.dataset.splits.get(split) or []:
+                try:
+                    labels = maps.labels(f"{cam.image_name}.png", cam.height, cam.width)
+                except RegionMapError as exc:
+                    raise DatasetError(str(exc)) from None
+                if labels is not None:
+                    out[cam.image_name] = labels
+        return out
 
     @torch.no_grad()
     def evaluate(self, iteration: int) -> Dict[str, Dict[str, float]]:
-        """Mean PSNR and SSIM per held-out split, and PSNR inside the mouth and eye regions
-        where the dataset has region maps (over the views where a region has 16 pixels)."""
+        """Mean PSNR and SSIM per held-out split, and inside the mouth and eye regions where the
+        dataset has region maps (over the views where a region has ``MIN_REGION_PIXELS``)."""
         results = {}
         for split in ("test", "val"):
             cameras = self.dataset.splits.get(split) or []
@@ -254,14 +254,16 @@ class Trainer:
                 image = image.clamp(0, 1)
                 scores.setdefault("PSNR", []).append(psnr(image, gt).item())
                 scores.setdefault("SSIM", []).append(ssim(image, gt).item())
-                labels = self.region_map(cam)
+                labels = self.region_maps.get(cam.image_name)
+                if labels is None:
+                    continue
                 for region, label in REGIONS.items():
-                    if labels is None:
-                        continue
-                    mask = labels == label
+                    mask = torch.from_numpy(labels == label).to(image.device)
                     if int(mask.sum()) >= MIN_REGION_PIXELS:
                         scores.setdefault(f"PSNR_{region}", []).append(
                             masked_psnr(image, gt, mask).item())
+                        scores.setdefault(f"SSIM_{region}", []).append(
+                            masked_ssim(image, gt, mask).item())
             results[split] = {k: float(np.mean(v)) for k, v in scores.items()}
             regions = "".join(f", {r} {results[split][f'PSNR_{r}']:.2f} dB" for r in REGIONS
                               if f"PSNR_{r}" in results[split])
@@ -361,7 +363,7 @@ class Trainer:
     def training_seconds(self, now: Optional[float] = None) -> float:
         """Training time so far, evaluation and saving excluded, earlier runs resumed from
         included (0 before ``run``)."""
-        if not hasattr(self, "start_time"):
+        if self.start_time is None:
             return self.seconds_before
         now = time.perf_counter() if now is None else now
         return self.seconds_before + (now - self.start_time) - self.side_seconds
@@ -395,7 +397,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{ema:.4f}", n=self.model.num_gaussians)
                 if iteration in side_work and self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)   # the step's queued work is training
-                side = self._side_start = time.perf_counter()
+                side = self.side_start = time.perf_counter()
                 if iteration in tests:
                     self.progress.add(iteration, self.training_seconds(side),
                                       self.model.num_gaussians, self.evaluate(iteration))

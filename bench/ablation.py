@@ -3,9 +3,10 @@
     python bench/ablation.py [-s demo-large] [--iterations 3000] [--arms plain grouped paper]
 
 Trains each arm with the same seed and iteration count, on a white background (as NeRSemble's
-images), then scores the test and val splits over
-the whole image and inside the mouth and eye regions (from the dataset's ``regions/`` label maps:
-2 = mouth, 3 = eyes), and reports the training time per iteration. Prints a Markdown table and
+images), then reports train.py's own scores of the test and val splits at the last iteration,
+over the whole image and inside the mouth and eye regions (from the dataset's ``regions/`` label
+maps: 2 = mouth, 3 = eyes; a view scores a region from 16 pixels on, as in metrics.py), and the
+training time per iteration. Prints a Markdown table and
 writes ``<out>/ablation.json``.
 """
 from __future__ import annotations
@@ -15,16 +16,11 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
-from gaussian_renderer import render  # noqa: E402
-from utils.image_metrics import masked_psnr, masked_ssim, psnr, ssim  # noqa: E402
+from utils.regions import REGIONS  # noqa: E402
 
 ARMS = {
     "plain": ["--order", "random", "--selection", "none"],
@@ -34,34 +30,19 @@ ARMS = {
                     "--opacity_reset_in_selective_stage"],
     "paper-crop": ["--order", "frames", "--selection", "paper", "--crop_local_steps"],
 }
-REGIONS = {"mouth": 2, "eyes": 3}
 
 
-@torch.no_grad()
 def score(trainer: train.Trainer) -> dict:
-    """Mean PSNR/SSIM per split over the whole image and inside each region."""
-    out = {}
-    root = trainer.dataset.root
-    for split in ("test", "val"):
-        cams = trainer.dataset.splits.get(split) or []
-        sums: dict = {}
-        for cam in cams:
-            world = trainer.model.world(trainer.frames(cam.keyframe))
-            image = render(cam, world, trainer.background)["render"].clamp(0, 1)
-            gt = cam.gt_image(trainer.background)
-            values = {"PSNR": psnr(image, gt).item(), "SSIM": ssim(image, gt).item()}
-            labels = cv2.imread(str(root / "regions" / f"{cam.image_name}.png"),
-                                cv2.IMREAD_UNCHANGED)
-            for region, label in REGIONS.items():
-                mask = torch.from_numpy(labels == label).to(image.device)
-                if mask.sum() < 4:
-                    continue
-                values[f"{region} PSNR"] = masked_psnr(image, gt, mask).item()
-                values[f"{region} SSIM"] = masked_ssim(image, gt, mask).item()
-            for key, value in values.items():
-                sums.setdefault(key, []).append(value)
-        out[split] = {k: float(np.mean(v)) for k, v in sums.items()}
-    return out
+    """Mean PSNR/SSIM per split over the whole image and inside each region at the last
+    iteration: the trainer's own evaluation, which ``run`` made and recorded in progress.json
+    (region maps read as metrics.py reads them), under this table's column names."""
+    names = {"PSNR": "PSNR", "SSIM": "SSIM"}
+    for region in REGIONS:
+        names[f"PSNR_{region}"] = f"{region} PSNR"
+        names[f"SSIM_{region}"] = f"{region} SSIM"
+    last = trainer.progress.entries[-1]
+    return {split: {names[k]: v for k, v in last[split].items()}
+            for split in ("test", "val") if split in last}
 
 
 def main() -> int:

@@ -190,6 +190,16 @@ def test_commands_report_bad_input_without_a_traceback(tiny_head, tmp_path):
     assert out.returncode == 2 and "cfg_args.json" in out.stderr
 
 
+def test_a_bad_region_map_stops_training_before_it_starts(tiny_head, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_head, data)
+    held_out = json.loads((data / "transforms_test.json").read_text())["frames"][0]
+    name = Path(held_out["file_path"]).name
+    (data / "regions" / name).write_bytes(b"broken")
+    with pytest.raises(train.DatasetError, match=f"regions/{name}.*corrupt"):
+        trainer(data, tmp_path / "m", "--iterations", "5")
+
+
 def test_help_documents_every_flag():
     for module in (train, render, metrics):
         for action in module.build_parser()._actions:

@@ -3,7 +3,8 @@
 ``train.py`` writes ``<model>/progress.json``, a list of entries::
 
     {"iteration": 7000, "seconds": 14.2, "gaussians": 104233,
-     "test": {"PSNR": 33.1, "SSIM": 0.97, "PSNR_mouth": 31.0, "PSNR_eyes": 22.5}, "val": {...}}
+     "test": {"PSNR": 33.1, "SSIM": 0.97, "PSNR_mouth": 31.0, "SSIM_mouth": 0.93,
+              "PSNR_eyes": 22.5, "SSIM_eyes": 0.80}, "val": {...}}
 
 ``seconds`` is training time so far (evaluation and saving excluded, resumed runs included), so
 runs are compared by quality against wall-clock. ``progress.png`` plots PSNR against seconds per
