@@ -48,7 +48,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
-from scene.cameras import Camera  # noqa: E402
 from tools.ict_head.writer import (FORMAT_VERSION, default_cache_dir,  # noqa: E402
                                    ensure_head_dataset, write_head_dataset)
 

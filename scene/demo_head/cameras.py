@@ -12,7 +12,9 @@ top-left corner with pixel (u, v) covering [u, u+1) x [v, v+1), so a centred cam
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +43,53 @@ class Camera:
     def w2c(self) -> np.ndarray:
         """World-to-camera in OpenCV axes (x right, y down, z forward)."""
         return opengl_c2w_to_opencv_w2c(self.c2w_gl)
+
+
+class RigSplits:
+    """The splits of a synthetic sequence filmed by a rig (mixed into the procedural and the
+    realistic head's sequences, which give ``cameras``, ``train_keyframes`` and
+    ``test_keyframes``): train = every training camera on the training keyframes, test = the
+    training cameras on the held-out keyframes, val = the held-out camera on the training
+    keyframes."""
+
+    cameras: list[Camera]
+
+    @property
+    def train_cameras(self) -> list[Camera]:
+        """The cameras of the train and test splits."""
+        return [c for c in self.cameras if not c.held_out]
+
+    @property
+    def val_camera(self) -> Camera:
+        """The held-out camera of the val (novel-view) split."""
+        return next(c for c in self.cameras if c.held_out)
+
+
+def image_name(keyframe: int, camera: int) -> str:
+    """Image file stem for a keyframe seen by a camera."""
+    return f"{keyframe:05d}_{camera:02d}"
+
+
+def transforms_entry(keyframe: int, cam: Camera) -> dict:
+    """One frame of a ``transforms_*.json`` file (the STGA format) for a rig camera."""
+    return {"keyframe": int(keyframe), "camera_index": int(cam.index),
+            "file_path": f"images/{image_name(keyframe, cam.index)}.png",
+            "transform_matrix": np.asarray(cam.c2w_gl, np.float64).tolist(),
+            "K": np.asarray(cam.K, np.float64).tolist(), "w": int(cam.width),
+            "h": int(cam.height)}
+
+
+def write_transforms(seq: RigSplits, root: Path) -> None:
+    """``transforms_{train,test,val}.json`` of a rig sequence, one frame per line (compact, yet
+    easy to read)."""
+    splits = {
+        "train": [transforms_entry(k, c) for k in seq.train_keyframes for c in seq.train_cameras],
+        "test": [transforms_entry(k, c) for k in seq.test_keyframes for c in seq.train_cameras],
+        "val": [transforms_entry(k, seq.val_camera) for k in seq.train_keyframes],
+    }
+    for name, frames in splits.items():
+        body = ",\n  ".join(json.dumps(f) for f in frames)
+        (Path(root) / f"transforms_{name}.json").write_text(f'{{"frames": [\n  {body}\n]}}\n')
 
 
 def _camera(index: int, yaw: float, pitch: float, dist: float, shift: tuple[float, float],

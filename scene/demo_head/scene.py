@@ -11,7 +11,7 @@ from functools import cached_property
 
 import numpy as np
 
-from scene.demo_head.cameras import Camera, build_cameras
+from scene.demo_head.cameras import Camera, RigSplits, build_cameras
 from scene.demo_head.mesh import HeadMesh, MeshLayout, build_head_mesh
 from scene.demo_head.raster import RenderOutput, render_mesh
 from scene.demo_head.rig import Expression, expression_schedule, pose, pose_local, split_keyframes
@@ -22,7 +22,7 @@ ROUND_DECIMALS = 7
 
 
 @dataclass(frozen=True)
-class DemoScene:
+class DemoScene(RigSplits):
     """An animated, textured head seen by a camera rig."""
 
     mesh: HeadMesh
@@ -39,16 +39,6 @@ class DemoScene:
     def keyframes(self) -> np.ndarray:
         """All keyframe ids (train and test), 0..T-1."""
         return np.arange(self.vertices.shape[0])
-
-    @property
-    def train_cameras(self) -> list[Camera]:
-        """The cameras of the train and test splits."""
-        return [c for c in self.cameras if not c.held_out]
-
-    @property
-    def val_camera(self) -> Camera:
-        """The held-out camera of the val (novel-view) split."""
-        return next(c for c in self.cameras if c.held_out)
 
     @property
     def faces(self) -> np.ndarray:

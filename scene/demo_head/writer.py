@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from scene.demo_head.cameras import image_name, write_transforms
 from scene.demo_head.points import write_points_ply
 from scene.points import points_on_faces
 from scene.demo_head.scene import DemoScene, build_demo_scene
@@ -24,15 +25,6 @@ from utils.atomic import atomic_folder
 
 FORMAT_VERSION = 1
 POINTS_PER_FACE = 2
-
-
-def image_name(keyframe: int, camera: int) -> str:
-    """Image file stem for a keyframe seen by a camera."""
-    return f"{keyframe:05d}_{camera:02d}"
-
-
-def _json_list(a: np.ndarray) -> list:
-    return np.asarray(a, np.float64).tolist()
 
 
 def _write_meshes(scene: DemoScene, folder: Path) -> None:
@@ -58,24 +50,6 @@ def _render_all(scene: DemoScene, root: Path, supersample: int, progress: bool) 
         if not cv2.imwrite(str(root / "images" / f"{stem}.png"), rgba[..., [2, 1, 0, 3]]):
             raise OSError(f"could not write {root / 'images' / (stem + '.png')}")
         cv2.imwrite(str(root / "regions" / f"{stem}.png"), out.region)
-
-
-def _frame(keyframe: int, cam) -> dict:
-    return {"keyframe": int(keyframe), "camera_index": int(cam.index),
-            "file_path": f"images/{image_name(keyframe, cam.index)}.png",
-            "transform_matrix": _json_list(cam.c2w_gl), "K": _json_list(cam.K),
-            "w": int(cam.width), "h": int(cam.height)}
-
-
-def _write_transforms(scene: DemoScene, root: Path) -> None:
-    splits = {
-        "train": [_frame(k, c) for k in scene.train_keyframes for c in scene.train_cameras],
-        "test": [_frame(k, c) for k in scene.test_keyframes for c in scene.train_cameras],
-        "val": [_frame(k, scene.val_camera) for k in scene.train_keyframes],
-    }
-    for name, frames in splits.items():   # one frame per line: compact yet easy to read
-        body = ",\n  ".join(json.dumps(f) for f in frames)
-        (root / f"transforms_{name}.json").write_text(f'{{"frames": [\n  {body}\n]}}\n')
 
 
 def _write_points(scene: DemoScene, root: Path, per_face: int) -> None:
@@ -140,7 +114,7 @@ def write_demo_dataset(out_dir: Path, seed: int = 0, width: int = 128, height: i
     with atomic_folder(out_dir, overwrite) as tmp:
         _write_meshes(scene, tmp / "meshes")
         _render_all(scene, tmp, supersample, progress)
-        _write_transforms(scene, tmp)
+        write_transforms(scene, tmp)
         _write_points(scene, tmp, points_per_face)
         _write_selection(scene, tmp, progress)
         _write_info(scene, tmp, config)

@@ -61,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     if any(v < 1 for v in overrides.values()):
         print("error: size overrides must be positive integers", file=sys.stderr)
         return 2
-    if args.output.exists() and not args.force:
+    start = time.perf_counter()
+    try:
+        write_head_dataset(args.output, args.variant, seed=args.seed, teeth=args.teeth,
+                           device=device, overwrite=args.force, **overrides)
+    except FileExistsError:
         print(f"error: {args.output} already exists (use --force to replace it)", file=sys.stderr)
         return 2
-    start = time.perf_counter()
-    write_head_dataset(args.output, args.variant, seed=args.seed, teeth=args.teeth,
-                       device=device, overwrite=args.force, **overrides)
     print(f"wrote {args.output} in {time.perf_counter() - start:.1f} s on {device}")
     return 0
 

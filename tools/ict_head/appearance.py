@@ -216,7 +216,7 @@ class Painter:
         return col * (0.85 + 0.3 * value_noise(q, 0.002, self.seed + 11))[:, None]
 
     def _gums(self, q: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
-        x, y, z = q[:, 0], q[:, 1], q[:, 2]
+        x, y = q[:, 0], q[:, 1]
         tongue = _smooth(0.020, 0.015, x.abs()) * _smooth(-0.022, -0.028, y)
         base = torch.tensor([0.80, 0.38, 0.40], dtype=q.dtype, device=q.device).expand(len(q), 3)
         col = _mix(base, (0.78, 0.44, 0.46), tongue)

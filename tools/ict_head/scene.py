@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scene.demo_head.cameras import Camera
+from scene.demo_head.cameras import Camera, RigSplits
 from scene.demo_head.mesh import REGION_EYES, REGION_MOUTH, REGION_SKIN
 from tools.ict_head.animation import FPS, PIVOT, Performance, perform
 from tools.ict_head.appearance import Painter
@@ -38,7 +38,7 @@ class RenderOutput:
 
 
 @dataclass
-class HeadSequence:
+class HeadSequence(RigSplits):
     """A performance of the head seen by the rig."""
 
     asset: HeadAsset
@@ -63,14 +63,6 @@ class HeadSequence:
     @property
     def test_keyframes(self) -> np.ndarray:
         return np.arange(self.n_train, self.n_keyframes)
-
-    @property
-    def train_cameras(self) -> list[Camera]:
-        return [c for c in self.cameras if not c.held_out]
-
-    @property
-    def val_camera(self) -> Camera:
-        return next(c for c in self.cameras if c.held_out)
 
     def frame_of(self, keyframe: int) -> int:
         """The performance frame (25 fps) shown at ``keyframe``."""
@@ -222,7 +214,7 @@ class HeadSequence:
         normals = self._normals(local64).to(PAINT_DTYPE)
         views = []
         base_samples, lash_samples = [], []
-        for i, cam in enumerate(cameras):
+        for cam in cameras:
             w2c = torch.from_numpy(cam.w2c).to(dev)
             cam_local = ((-w2c[:3, :3].T @ w2c[:3, 3] - pivot - t) @ R + pivot).to(PAINT_DTYPE)
             W, H = cam.width * ss, cam.height * ss
@@ -233,13 +225,13 @@ class HeadSequence:
             bary = base.bary[pix]
             depth = torch.full((H * W,), float("inf"), dtype=torch.float64, device=dev)
             depth[pix] = (bary * z[T["faces"][face]]).sum(1)
-            base_samples.append((i, pix, face, bary, cam_local))
+            base_samples.append((pix, face, bary, cam_local))
             lash = rasterize(xy, z, T["faces"][T["lashes"]], W, H)
             lpix = torch.nonzero(lash.covered).squeeze(1)
             lface = T["lashes"][lash.face[lpix]]
             lbary = lash.bary[lpix]
             front = (lbary * z[T["faces"][lface]]).sum(1) < depth[lpix]
-            lash_samples.append((i, lpix[front], lface[front], lbary[front], cam_local))
+            lash_samples.append((lpix[front], lface[front], lbary[front], cam_local))
             views.append((cam, base.face))
         colours = self._shade_samples(base_samples, local, normals)
         lash_colours = self._shade_samples(lash_samples, local, normals, coverage=True)
@@ -247,10 +239,10 @@ class HeadSequence:
         for i, (cam, base_face) in enumerate(views):
             W, H = cam.width * ss, cam.height * ss
             acc = torch.zeros(H * W, 4, dtype=torch.float64, device=dev)
-            pix = base_samples[i][1]
+            pix = base_samples[i][0]
             acc[pix, :3] = colours[i]
             acc[pix, 3] = 1.0
-            lpix = lash_samples[i][1]
+            lpix = lash_samples[i][0]
             if lpix.numel():
                 col, a = lash_colours[i]
                 a = a[:, None]
@@ -261,11 +253,12 @@ class HeadSequence:
 
     def _shade_samples(self, samples: list, local: torch.Tensor, normals: torch.Tensor,
                        coverage: bool = False) -> list:
-        """Shade the samples of every camera in one call; split the result back per camera."""
-        counts = [s[1].numel() for s in samples]
-        face = torch.cat([s[2] for s in samples])
-        bary = torch.cat([s[3] for s in samples])
-        cam_local = torch.cat([s[4].expand(n, 3) for s, n in zip(samples, counts)])
+        """Shade the samples of every camera in one call (each camera's samples a tuple of pixel
+        ids, faces, barycentrics and its centre in head space); split the result back."""
+        counts = [s[0].numel() for s in samples]
+        face = torch.cat([s[1] for s in samples])
+        bary = torch.cat([s[2] for s in samples])
+        cam_local = torch.cat([s[3].expand(n, 3) for s, n in zip(samples, counts)])
         col = self._shade(face, bary, local, normals, cam_local).double()
         if not coverage:
             return list(torch.split(col, counts))
@@ -301,13 +294,14 @@ class HeadSequence:
 
 def build_sequence(seed: int = 0, width: int = 550, height: int = 802, n_train: int = 60,
                    n_test: int = 12, stride: int = 3, test_stride: int | None = None,
-                   n_cameras: int = 16,
-                   teeth_in_mesh: bool = False, device: str = "cpu") -> HeadSequence:
+                   n_cameras: int = 16, teeth_in_mesh: bool = False,
+                   device: str = "cpu") -> HeadSequence:
     """The sequence in memory (nothing is rendered until asked)."""
     asset = load_asset()
     test_stride = stride if test_stride is None else test_stride
     n_frames = n_train * stride + n_test * test_stride
     perf = perform(asset.expression_names, n_frames, seed, FPS)
     return HeadSequence(asset=asset, performance=perf, n_train=n_train, n_test=n_test,
-                        stride=stride, test_stride=test_stride, cameras=build_rig(width, height, n_cameras), seed=seed,
+                        stride=stride, test_stride=test_stride,
+                        cameras=build_rig(width, height, n_cameras), seed=seed,
                         teeth_in_mesh=teeth_in_mesh, device=device)

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from flame.convert import mesh_json
+from scene.demo_head.cameras import image_name, write_transforms
 from scene.demo_head.points import write_points_ply
 from scene.points import points_on_faces
 from selection import compute_selection
@@ -61,11 +62,6 @@ VARIANTS = {
     "large": Variant(width=550, height=802, n_cameras=16, n_train=64, n_test=12, stride=3,
                      test_stride=9, supersample=2, points=100_000),
 }
-
-
-def image_name(keyframe: int, camera: int) -> str:
-    """Image file stem for a keyframe seen by a camera."""
-    return f"{keyframe:05d}_{camera:02d}"
 
 
 def _views(seq: HeadSequence) -> list[tuple[int, list]]:
@@ -101,25 +97,6 @@ def _render_all(seq: HeadSequence, root: Path, supersample: int, progress: bool)
             bar.update(len(cams))
         for p in pending:
             p.result()
-
-
-def _frame(keyframe: int, cam) -> dict:
-    return {"keyframe": int(keyframe), "camera_index": int(cam.index),
-            "file_path": f"images/{image_name(keyframe, cam.index)}.png",
-            "transform_matrix": np.asarray(cam.c2w_gl, np.float64).tolist(),
-            "K": np.asarray(cam.K, np.float64).tolist(), "w": int(cam.width),
-            "h": int(cam.height)}
-
-
-def _write_transforms(seq: HeadSequence, root: Path) -> None:
-    splits = {
-        "train": [_frame(k, c) for k in seq.train_keyframes for c in seq.train_cameras],
-        "test": [_frame(k, c) for k in seq.test_keyframes for c in seq.train_cameras],
-        "val": [_frame(k, seq.val_camera) for k in seq.train_keyframes],
-    }
-    for name, frames in splits.items():   # one frame per line: compact yet easy to read
-        body = ",\n  ".join(json.dumps(f) for f in frames)
-        (root / f"transforms_{name}.json").write_text(f'{{"frames": [\n  {body}\n]}}\n')
 
 
 def _write_mesh_file(path: Path, triangles: np.ndarray) -> None:
@@ -261,21 +238,17 @@ def write_head_dataset(out_dir: Path, variant: str | Variant = "demo", seed: int
     v = replace(v, **overrides)
     if v.points < 1:
         raise ValueError(f"points must be at least 1, got {v.points}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:   # before any work
-        raise FileExistsError(f"{out_dir} already exists")
     config = {"variant": variant if isinstance(variant, str) else "custom", **asdict(v),
               "seed": seed, "teeth_in_mesh": teeth}
-    seq = build_sequence(seed=seed, width=v.width, height=v.height, n_train=v.n_train,
-                         n_test=v.n_test, stride=v.stride, test_stride=v.test_stride,
-                         n_cameras=v.n_cameras,
-                         teeth_in_mesh=teeth, device=device)
-    with atomic_folder(out_dir, overwrite) as tmp:
+    with atomic_folder(Path(out_dir), overwrite) as tmp:   # refuses an existing folder first
+        seq = build_sequence(seed=seed, width=v.width, height=v.height, n_train=v.n_train,
+                             n_test=v.n_test, stride=v.stride, test_stride=v.test_stride,
+                             n_cameras=v.n_cameras, teeth_in_mesh=teeth, device=device)
         clock = _StageClock()
         with _meshes_written(seq, tmp / "meshes"):
             _render_all(seq, tmp, v.supersample, progress)
         clock.stop("meshes and images")
-        _write_transforms(seq, tmp)
+        write_transforms(seq, tmp)
         _write_points(seq, tmp, v.points)
         clock.stop("points")
         selection = _write_selection(seq, tmp, progress)
@@ -283,7 +256,7 @@ def write_head_dataset(out_dir: Path, variant: str | Variant = "demo", seed: int
         clock.stop("selection")
         if progress:
             print(f"head: {clock}")
-    return out_dir
+    return Path(out_dir)
 
 
 def default_cache_dir() -> Path:
