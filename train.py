@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from arguments import (DEFAULT_ITERATIONS, DEMO_ITERATIONS, DEMO_SOURCE, add_model_args,
+from arguments import (DEFAULT_ITERATIONS, DEMO_ITERATIONS, add_model_args,
                        add_optimization_args, add_pipeline_args, model_path_for, save_config)
 from gaussian_renderer import render
 from gaussian_renderer.crop import crop_camera, footprint_crop
-from scene import resolve_source
+from scene import DEMO_SOURCE, resolve_source
 from scene.binding import face_frames
 from scene.dataset import StgaDataset, load_dataset, load_training_faces
 from scene.densify import DensityController

@@ -11,12 +11,20 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
-from scene import DEMO_SOURCE, DEMO_SOURCES
+from scene import builtin_variant
 from utils.atomic import atomic_path
 
 DEFAULT_ITERATIONS = 50_000
 DEMO_ITERATIONS = 2_000
 CONFIG_NAME = "cfg_args.json"
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a clear usage error otherwise)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def add_model_args(parser: argparse.ArgumentParser, source_required: bool = True) -> None:
@@ -94,7 +102,7 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> None:
                         "trainable Gaussians can reach (their screen footprint widened by the "
                         "SSIM window), with the loss scaled to the full image's: the same "
                         "gradients for a fraction of the pixels")
-    s.add_argument("--static_fit", type=int, default=0,
+    s.add_argument("--static_fit", type=non_negative_int, default=0,
                    help="iterations of a static fit before the warm-up: random views of the "
                         "first training keyframe only, every Gaussian trainable (the authors' "
                         "pipeline starts its dynamic stage from such a model; default 0: none)")
@@ -148,7 +156,7 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
 def model_path_for(args: argparse.Namespace) -> Path:
     if args.model_path:
         return Path(args.model_path)
-    if args.source_path in DEMO_SOURCES and not Path(args.source_path).is_dir():
+    if builtin_variant(args.source_path) is not None:
         name = args.source_path
     else:
         name = Path(args.source_path).resolve().name

@@ -53,22 +53,24 @@ def footprint_crop(camera: Camera, world: WorldGaussians, trainable: torch.Tenso
                    margin: int = 2 * SSIM_RADIUS) -> Optional[Crop]:
     """The crop for the rows of ``trainable`` ((N,) bool) posed as ``world``, or None when no
     trainable Gaussian is in front of the camera (one device sync)."""
-    xyz = world.xyz.detach()[trainable]
-    scale = world.scales.detach()[trainable].amax(1)
+    xyz = world.xyz.detach()
+    scale = world.scales.detach().amax(1)
     W2C = torch.as_tensor(camera.world_to_camera, dtype=xyz.dtype, device=xyz.device)
     p = xyz @ W2C[:3, :3].T + W2C[:3, 3]
-    z = p[:, 2]
-    front = z > NEAR
-    if not bool(front.any()):
-        return None
-    p, z, scale = p[front], z[front], scale[front]
+    use = trainable & (p[:, 2] > NEAR)        # masked rather than indexed: no sync until .tolist
+    z = torch.where(use, p[:, 2], torch.ones_like(p[:, 2]))
     fx, fy = float(camera.K[0, 0]), float(camera.K[1, 1])
     cx, cy = float(camera.K[0, 2]), float(camera.K[1, 2])
     u = fx * p[:, 0] / z + cx
     v = fy * p[:, 1] / z + cy
     # 3 sigma of the projected largest axis, with the rasterizer's 0.3 px^2 low-pass, plus 1 px
     r = SAFETY * 3.0 * torch.sqrt((scale * max(fx, fy) / z) ** 2 + 0.3) + 1.0
-    box = torch.stack([(u - r).amin(), (v - r).amin(), (u + r).amax(), (v + r).amax()]).tolist()
+    inf = torch.full_like(u, math.inf)
+    box = torch.stack([torch.where(use, u - r, inf).amin(), torch.where(use, v - r, inf).amin(),
+                       torch.where(use, u + r, -inf).amax(),
+                       torch.where(use, v + r, -inf).amax()]).tolist()
+    if box[0] == math.inf:                    # no trainable Gaussian in front of the camera
+        return None
     W, H = camera.width, camera.height
     x_lo = math.floor(max(box[0], 0.0) / TILE) * TILE - margin
     y_lo = math.floor(max(box[1], 0.0) / TILE) * TILE - margin

@@ -200,6 +200,12 @@ def test_a_bad_region_map_stops_training_before_it_starts(tiny_head, tmp_path):
         trainer(data, tmp_path / "m", "--iterations", "5")
 
 
+def test_static_fit_must_not_be_negative(capsys):
+    with pytest.raises(SystemExit):
+        train.build_parser().parse_args(["-s", "x", "--static_fit", "-1"])
+    assert "--static_fit: must be 0 or more" in capsys.readouterr().err
+
+
 def test_help_documents_every_flag():
     for module in (train, render, metrics):
         for action in module.build_parser()._actions:
