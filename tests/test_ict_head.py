@@ -214,3 +214,26 @@ def test_figure_puts_render_and_truth_side_by_side_with_closeups():
     assert pic.shape[0] > 2 * 40 + 2 * 6                 # the top row and two close-ups
     assert (pic[:80, :60] == 0).all() and (pic[:80, 68:128] == 200).all()
     assert compose(render, gt, None).shape[0] == 3 * 40 + 6
+
+
+def test_figure_command_reads_renders_and_region_maps(tmp_path, capsys):
+    from tools.figure import main as figure_main
+    data, model = tmp_path / "data", tmp_path / "model"
+    (data / "regions").mkdir(parents=True)
+    run = model / "test" / "ours_5"
+    for sub in ("renders", "gt"):
+        (run / sub).mkdir(parents=True)
+    (model / "cfg_args.json").write_text(json.dumps({"source_path": str(data)}))
+    for stem, mouth_rows in (("a", 2), ("b", 6)):
+        cv2.imwrite(str(run / "renders" / f"{stem}.png"), np.zeros((40, 30, 3), np.uint8))
+        cv2.imwrite(str(run / "gt" / f"{stem}.png"), np.full((40, 30, 3), 200, np.uint8))
+        labels = np.ones((80, 60), np.uint8)              # full size: resized to the render
+        labels[50:50 + 2 * mouth_rows, 20:40] = 2
+        labels[20:26, 10:50] = 3
+        cv2.imwrite(str(data / "regions" / f"{stem}.png"), labels)
+    assert figure_main(["-m", str(model)]) == 0
+    assert "test view b" in capsys.readouterr().out      # the largest mouth
+    assert cv2.imread(str(model / "figure.png")).shape[0] > 3 * 40
+    (data / "regions" / "b.png").write_bytes(b"broken")
+    assert figure_main(["-m", str(model), "--image", "b"]) == 2
+    assert "b.png" in capsys.readouterr().err

@@ -17,6 +17,7 @@ import numpy as np
 
 from arguments import load_config
 from scene import resolve_source
+from utils.regions import REGIONS, RegionMapError, RegionMaps
 
 
 def _latest(folder: Path) -> Path:
@@ -44,7 +45,7 @@ def compose(render: np.ndarray, gt: np.ndarray, regions: np.ndarray | None,
     top = np.concatenate([render, gap, gt], 1)
     rows = [cv2.resize(top, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)]
     if regions is not None:
-        for label in (2, 3):
+        for label in (REGIONS["mouth"], REGIONS["eyes"]):
             mask = regions == label
             if mask.sum() < 4:
                 continue
@@ -63,38 +64,39 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--model_path", required=True, help="model folder (render.py done)")
-    p.add_argument("--split", default="test", help="which rendered split to take the view from (default test)")
+    p.add_argument("--split", default="test",
+                   help="which rendered split to take the view from (default test)")
     p.add_argument("--image", default=None,
                    help="image stem (default: the view whose mouth region is largest)")
     p.add_argument("--scale", type=int, default=3, help="upscaling of the top row (default 3)")
     p.add_argument("--out", default=None, help="output PNG (default: <model>/figure.png)")
     args = p.parse_args(argv)
     model = Path(args.model_path)
+    out = Path(args.out) if args.out else model / "figure.png"
     try:
         run = _latest(model / args.split)
-        source = resolve_source(load_config(model)["source_path"])
-        regions_dir = source / "regions"
+        maps = RegionMaps(str(resolve_source(load_config(model)["source_path"]) / "regions"))
         stems = sorted(q.stem for q in (run / "renders").glob("*.png"))
         if not stems:
             raise FileNotFoundError(f"{run / 'renders'}: no images")
+        size = cv2.imread(str(run / "renders" / f"{stems[0]}.png"), cv2.IMREAD_COLOR).shape[:2]
         if args.image is None:
             def mouth(stem: str) -> int:
-                r = cv2.imread(str(regions_dir / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
-                return 0 if r is None else int((r == 2).sum())
+                labels = maps.labels(f"{stem}.png", *size)
+                return 0 if labels is None else int((labels == REGIONS["mouth"]).sum())
             args.image = max(stems, key=mouth)
         render = cv2.imread(str(run / "renders" / f"{args.image}.png"), cv2.IMREAD_COLOR)
         gt = cv2.imread(str(run / "gt" / f"{args.image}.png"), cv2.IMREAD_COLOR)
         if render is None or gt is None:
             raise FileNotFoundError(f"{run}: no render/gt image {args.image}.png")
-    except (FileNotFoundError, KeyError) as exc:
+        regions = maps.labels(f"{args.image}.png", *render.shape[:2])
+        if not cv2.imwrite(str(out), compose(render, gt, regions, args.scale)):
+            raise FileNotFoundError(f"{out}: could not be written")
+    except (FileNotFoundError, KeyError, RegionMapError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    regions = cv2.imread(str(regions_dir / f"{args.image}.png"), cv2.IMREAD_UNCHANGED)
-    out = Path(args.out) if args.out else model / "figure.png"
-    cv2.imwrite(str(out), compose(render, gt, regions, args.scale))
     print(f"{out}: {args.split} view {args.image}, render (left) and ground truth (right)")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
