@@ -1,4 +1,7 @@
-"""Camera rig of the demo: training cameras on an arc in front of the head plus one held-out view.
+"""Camera rig of the procedural head, and what both synthetic heads share about their rigs: the
+rig ``Camera``, the splits (``RigSplits``: train, test, val) and their ``transforms_*.json``.
+
+The procedural rig: training cameras on an arc in front of the head plus one held-out view.
 
 Cameras look at a point just below the head centre from 0.7-0.9 m, yaw spread over -60..+60
 degrees with a little pitch; the held-out validation camera sits between the two central training
