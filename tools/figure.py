@@ -98,5 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{out}: {args.split} view {args.image}, render (left) and ground truth (right)")
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())
