@@ -22,7 +22,7 @@ from tqdm import tqdm
 from arguments import (DEFAULT_ITERATIONS, DEMO_ITERATIONS, add_model_args,
                        add_optimization_args, add_pipeline_args, model_path_for, save_config)
 from gaussian_renderer import render
-from gaussian_renderer.crop import crop_camera, footprint_crop
+from gaussian_renderer.crop import CropPlanner
 from scene import DEMO_SOURCE, resolve_source
 from scene.binding import face_frames
 from scene.dataset import StgaDataset, load_dataset, load_training_faces
@@ -33,7 +33,9 @@ from scene.image_feeder import ImageFeeder
 from scene.points import random_points_on_faces, read_points3d
 from scene.regularisation import local_regularisation
 from scene.schedule import Step, TrainingSchedule
+from training.face_error import FaceErrorMap
 from utils.atomic import atomic_path
+from utils.images import composite_rgba
 from utils.image_metrics import masked_psnr, masked_ssim, psnr, ssim
 from utils.loss import training_loss
 from utils.progress import ProgressLog
@@ -130,12 +132,18 @@ class Trainer:
         self.start_time: Optional[float] = None      # set by run()
         self.side_start: Optional[float] = None      # when this iteration's side work began
         self.region_maps = self._load_region_maps()
+        self.face_error = None
+        if args.error_faces > 0 and args.selection == "paper":
+            self.face_error = FaceErrorMap([c.keyframe for c in self.train_cameras],
+                                           self.dataset.num_faces, self.device)
         if args.start_checkpoint:
             self._restore(Path(args.start_checkpoint))
         else:
             self._initialise()
         self._selections: Dict[int, RowSelection] = {}
         self._selection_version = -1
+        self._last_keyframe: Optional[int] = None
+        self.crops = CropPlanner(self.device)
         self._stage_images()
         self.stop_requested = False
 
@@ -187,6 +195,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
             "train_seconds": self.training_seconds(self.side_start),
+            "face_error": None if self.face_error is None else self.face_error.error,
         }
         path = self.checkpoint_path(iteration)
         with atomic_path(path) as tmp:
@@ -217,6 +226,10 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"])
         self.first_iteration = int(state["iteration"]) + 1
         self.seconds_before = float(state.get("train_seconds", 0.0))
+        if self.face_error is not None and state.get("face_error") is not None:
+            if tuple(state["face_error"].shape) != tuple(self.face_error.error.shape):
+                raise DatasetError(f"{path}: its face-error map does not fit this dataset")
+            self.face_error.error.copy_(state["face_error"])
         self.log(f"Resumed from {path} at iteration {state['iteration']}")
 
     # --- evaluation --------------------------------------------------------------------------
@@ -293,17 +306,24 @@ class Trainer:
         """The step's trainable rows (None: all), cached per keyframe until the rows change.
 
         Computing a selection reads its size back from the device; the cache keeps that sync
-        out of all but the first step of a keyframe after each densification.
+        out of all but the first step of a keyframe after each densification. With selection by
+        error the faces also change as the error map does: a keyframe's selection is then
+        renewed each time training moves to that keyframe.
         """
+        keyframe = step.camera.keyframe
+        arrived = keyframe != self._last_keyframe
+        self._last_keyframe = keyframe
         if step.faces is None:
             return None
         if self._selection_version != self.model.version:
             self._selections.clear()
             self._selection_version = self.model.version
-        keyframe = step.camera.keyframe
-        if keyframe not in self._selections:
-            self._selections[keyframe] = self.model.select_rows(step.faces,
-                                                                self.dataset.num_faces)
+        if keyframe not in self._selections or (self.face_error is not None and arrived):
+            faces = step.faces.to(self.device)
+            if self.face_error is not None:
+                faces = torch.cat([faces, self.face_error.top_faces(keyframe,
+                                                                    self.args.error_faces)])
+            self._selections[keyframe] = self.model.select_rows(faces, self.dataset.num_faces)
         return self._selections[keyframe]
 
     def train_step(self, iteration: int) -> Optional[torch.Tensor]:
@@ -327,12 +347,16 @@ class Trainer:
                 background = self.background
             crop = None
             if a.crop_local_steps and selection is not None:
-                crop = footprint_crop(camera, world, selection.mask)
+                crop = self.crops.plan(camera, world, selection.mask)
             if crop is None:
                 out = render(camera, world, background, backend=a.backend)
                 loss = training_loss(out["render"], target.get(), background, a.lambda_dssim)
+                if self.face_error is not None and selection is None:
+                    self.face_error.observe(camera, self.triangles(camera.keyframe),
+                                            out["render"], composite_rgba(target.get(), background))
             else:   # only the part the trainable rows can reach, scaled as a share of the image
-                out = render(crop_camera(camera, crop), world, background, backend=a.backend)
+                out = render(self.crops.camera(camera, crop), world, background,
+                             backend=a.backend)
                 gt = target.get()[crop.slices()].contiguous()
                 loss = training_loss(out["render"], gt, background, a.lambda_dssim) \
                     * crop.fraction

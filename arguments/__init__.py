@@ -27,6 +27,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def unit_fraction(text: str) -> float:
+    """argparse type: a number in [0, 1] (a clear usage error otherwise)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def add_model_args(parser: argparse.ArgumentParser, source_required: bool = True) -> None:
     g = parser.add_argument_group("model and data")
     g.add_argument("-s", "--source_path", required=source_required, default=None,
@@ -101,11 +109,18 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> None:
                    help="in selective steps, render and score only the image region the "
                         "trainable Gaussians can reach (their screen footprint widened by the "
                         "SSIM window), with the loss scaled to the full image's: the same "
-                        "gradients for a fraction of the pixels")
+                        "gradients for a fraction of the pixels (on a GPU the footprint is the "
+                        "one of the image's previous visit, widened by 32 pixels, so that no step "
+                        "waits for the device)")
     s.add_argument("--static_fit", type=non_negative_int, default=0,
                    help="iterations of a static fit before the warm-up: random views of the "
                         "first training keyframe only, every Gaussian trainable (the authors' "
                         "pipeline starts its dynamic stage from such a model; default 0: none)")
+    s.add_argument("--error_faces", type=unit_fraction, default=0.0,
+                   help="selection by rendered error as well as by motion: in selective steps "
+                        "also train this share of the keyframe's faces whose recent rendered "
+                        "error is highest (measured in the whole-image steps at each face's "
+                        "projected centre; default 0: motion only, as in the paper)")
     s.add_argument("--global_every", type=int, default=20,
                    help="every this many frames, a frame is trained with all Gaussians "
                         "(global refinement; default 20)")

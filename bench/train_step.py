@@ -53,7 +53,9 @@ from tools.ict_head.writer import (FORMAT_VERSION, default_cache_dir,  # noqa: E
 
 PHASES = ("data", "select", "binding", "render", "loss", "backward", "step", "densify", "other")
 CONFIGS = {"paper": ["--selection", "paper"], "none": ["--selection", "none"],
-           "paper-crop": ["--selection", "paper", "--crop_local_steps"]}
+           "paper-crop": ["--selection", "paper", "--crop_local_steps"],
+           "paper-crop-error": ["--selection", "paper", "--crop_local_steps", "--error_faces",
+                                "0.1"]}
 # Put the timed window in the selective stage, with densification events inside it.
 TRAIN_OVERRIDES = ["--global_warmup", "0", "--densify_from_iter", "0"]
 

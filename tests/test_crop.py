@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from gaussian_renderer import render
-from gaussian_renderer.crop import TILE, crop_camera, footprint_crop
+from gaussian_renderer.crop import (TILE, CropPlanner, crop_camera, crop_from_box,
+                                    footprint_box, footprint_crop)
 from scene.cameras import Camera
 from scene.gaussian_model import WorldGaussians
 from utils.loss import training_loss
@@ -88,3 +89,45 @@ def test_crop_covers_the_footprint_on_the_tile_grid_and_none_without_visible_row
     assert shifted.K[0, 2] == cam.K[0, 2] - crop.x0 and shifted.width == crop.width
     behind = WorldGaussians(world.xyz * torch.tensor([1.0, 1.0, -1.0]), *world[1:])
     assert footprint_crop(cam, behind, trainable) is None
+
+
+@pytest.mark.parametrize("quantum", [TILE, 4 * TILE])
+def test_quantised_crops_hold_the_widened_box_on_the_tile_grid(quantum):
+    g = torch.Generator().manual_seed(1)
+    full_w, full_h = 802, 550
+    for _ in range(200):
+        x_lo, y_lo = (torch.rand(2, generator=g) * torch.tensor([full_w, full_h])).tolist()
+        w, h = (torch.rand(2, generator=g) * 300).tolist()
+        box = (x_lo, y_lo, x_lo + w, y_lo + h)
+        crop = crop_from_box(box, full_w, full_h, margin=10, quantum=quantum)
+        assert crop.x0 % TILE == 0 and crop.y0 % TILE == 0
+        assert crop.x0 + crop.width <= full_w and crop.y0 + crop.height <= full_h
+        assert crop.x0 <= max(box[0] - 10, 0) and crop.y0 <= max(box[1] - 10, 0)
+        assert crop.x0 + crop.width >= min(box[2] + 10, full_w)
+        assert crop.y0 + crop.height >= min(box[3] + 10, full_h)
+        assert crop.width % quantum == 0 or crop.x0 + crop.width == full_w
+        assert crop.height % quantum == 0 or crop.y0 + crop.height == full_h
+    assert crop_from_box((np.inf, np.inf, -np.inf, -np.inf), full_w, full_h) is None
+    with pytest.raises(ValueError):
+        crop_from_box((0, 0, 10, 10), full_w, full_h, quantum=24)
+
+
+def test_lagged_planner_uses_the_previous_visit_widened_and_keeps_crop_cameras():
+    """On a GPU the planner must not wait for the device: a first visit renders the whole
+    image, later visits use the footprint of the visit before, widened for the movement."""
+    leaves, trainable, cam, _ = scene("cpu")
+    world = WorldGaussians(*[t.detach() for t in leaves], sh_degree=3)
+    planner = CropPlanner(torch.device("cpu"), lagged=True, lag_pad=2 * TILE, quantum=TILE)
+    assert planner.plan(cam, world, trainable) is None             # first visit: whole image
+    moved = WorldGaussians(world.xyz + torch.tensor([0.02, 0.0, 0.0]), *world[1:])
+    crop = planner.plan(cam, moved, trainable)
+    exact = footprint_crop(cam, world, trainable)
+    assert crop.x0 <= max(exact.x0 - 2 * TILE, 0) and crop.y0 <= max(exact.y0 - 2 * TILE, 0)
+    assert crop.width >= min(exact.width + 2 * TILE, W - crop.x0)
+    again = planner.plan(cam, moved, trainable)                     # the moved footprint now
+    box = footprint_box(cam, moved, trainable).tolist()
+    assert again.x0 <= max(box[0] - 2 * TILE, 0) and again.x0 + again.width >= min(box[2], W)
+    assert planner.camera(cam, crop) is planner.camera(cam, crop)
+    assert planner.camera(cam, crop).width == crop.width
+    exact_planner = CropPlanner(torch.device("cpu"))                # the CPU: exact, no lag
+    assert exact_planner.plan(cam, world, trainable) == exact

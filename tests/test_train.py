@@ -102,10 +102,11 @@ def test_frozen_gaussians_and_their_adam_state_stay_bitwise_unchanged(tiny_head,
     assert moved[trained].float().mean() > 0.5
 
 
-def test_resume_from_checkpoint_equals_a_straight_run(tiny_head, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--error_faces", "0.3", "--crop_local_steps"]])
+def test_resume_from_checkpoint_equals_a_straight_run(tiny_head, tmp_path, extra):
     args = ["--iterations", "40", "--sh_degree", "1", "--global_warmup", "10",
             "--densify_from_iter", "5", "--densification_interval", "10",
-            "--random_background", "--test_iterations", "1000", "--save_iterations", "40"]
+            "--random_background", "--test_iterations", "1000", "--save_iterations", "40", *extra]
     straight = trainer(tiny_head, tmp_path / "a", *args, "--checkpoint_iterations", "20")
     straight.run()
     ckpt = tmp_path / "a" / "chkpnt20.pth"
@@ -276,7 +277,7 @@ def test_crop_local_steps_train_on_part_of_the_image(tiny_head, tmp_path, monkey
         fractions.append(None if crop is None else crop.fraction)
         return crop
 
-    monkeypatch.setattr(train, "footprint_crop", spy)
+    monkeypatch.setattr(crop_module, "footprint_crop", spy)
     t = trainer(tiny_head, tmp_path / "m", "--iterations", "40", "--global_warmup", "5",
                 "--crop_local_steps", "--sh_degree", "0", "--densify_from_iter", "10",
                 "--densification_interval", "10")
@@ -284,3 +285,26 @@ def test_crop_local_steps_train_on_part_of_the_image(tiny_head, tmp_path, monkey
     used = [f for f in fractions if f is not None]
     assert used and all(0.0 < f <= 1.0 for f in used)
     assert t.evaluate(40)["test"]["PSNR"] > 5.0
+
+
+def test_selection_by_error_adds_the_worst_rendered_faces(tiny_head, tmp_path):
+    """--error_faces: whole-image steps fill the error map; a selective step then trains the
+    frame's moving faces and the share of faces rendered worst, renewed on arriving at a frame."""
+    t = trainer(tiny_head, tmp_path / "m", "--iterations", "60", "--global_warmup", "30",
+                "--error_faces", "0.25", "--sh_degree", "0", "--no-densify")
+    assert t.face_error is not None
+    for it in range(1, 31):
+        t.train_step(it)
+    assert (t.face_error.error > 0).any(1).all()       # every training keyframe was observed
+    step = t.schedule.next()
+    while step.faces is None:                           # the first selective step
+        step = t.schedule.next()
+    motion = t.model.select_rows(step.faces, t.dataset.num_faces)
+    selection = t.trainable(step)
+    worst = t.face_error.top_faces(step.camera.keyframe, 0.25)
+    assert worst.numel() > 0
+    assert selection.count > motion.count
+    assert selection.mask[motion.mask].all()
+    assert selection.mask[torch.isin(t.model.binding, worst)].all()
+    off = trainer(tiny_head, tmp_path / "n", "--error_faces", "0")
+    assert off.face_error is None

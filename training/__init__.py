@@ -1,0 +1,1 @@
+"""Training: what trains when, and the signals that decide it."""
