@@ -11,7 +11,7 @@ Each configuration (``--configs``) trains a fresh ``train.Trainer`` twice, throu
 
 1. phase pass: the calls ``Trainer.train_step`` makes are wrapped from outside and timed as
    data (camera pick; the images are staged on the GPU before training), select (rows of the
-   frame's faces), binding (``model.pose``), render, loss (photometric + regularisers),
+   frame's faces), crop (the local step's crop), binding (``model.pose``), render, loss (photometric + regularisers),
    backward, step (optimiser step and zero_grad), densify (gradient statistics, clone/split/prune, opacity
    reset) and other (the rest of ``train_step``). On CUDA every phase boundary synchronises the
    device, which perturbs the total: compare the phase pass's total with pass 2.
@@ -48,10 +48,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
+import training.trainer as trainer_module  # noqa: E402
 from tools.ict_head.writer import (FORMAT_VERSION, default_cache_dir,  # noqa: E402
                                    ensure_head_dataset, write_head_dataset)
 
-PHASES = ("data", "select", "binding", "render", "loss", "backward", "step", "densify", "other")
+PHASES = ("data", "select", "crop", "binding", "render", "loss", "backward", "step", "densify", "other")
 CONFIGS = {"paper": ["--selection", "paper"], "none": ["--selection", "none"],
            "paper-crop": ["--selection", "paper", "--crop_local_steps"],
            "paper-crop-error": ["--selection", "paper", "--crop_local_steps", "--error_faces",
@@ -206,8 +207,9 @@ def instrument(patches: Patches, trainer: train.Trainer, clock: PhaseClock,
         (trainer.schedule, "next", "data"), (trainer.images, "fetch", "data"),
         (trainer, "trainable", "select"),
         (trainer, "triangles", "binding"), (trainer.model, "pose", "binding"),
-        (train, "render", "render"),
-        (train, "training_loss", "loss"), (trainer, "regularisation", "loss"),
+        (trainer.crops, "plan", "crop"),
+        (trainer_module, "render", "render"),
+        (trainer_module, "training_loss", "loss"), (trainer, "regularisation", "loss"),
         (torch.Tensor, "backward", "backward"),
         (trainer.optimizer, "step", "step"), (trainer.optimizer, "zero_grad", "step"),
         (trainer.density, "accumulate", "densify"),

@@ -70,7 +70,7 @@ class Camera:
     """One image of one split: where it was taken from, its intrinsics, its keyframe, its pixels.
 
     ``image`` is uint8 (H, W, 3) or (H, W, 4), on the CPU as loaded (training may move it to the
-    GPU or pin it: scene/image_feeder.py); ``gt_image`` composites it.
+    GPU or pin it: training/image_feeder.py); ``gt_image`` composites it.
     """
 
     uid: int

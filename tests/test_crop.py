@@ -12,7 +12,7 @@ from gaussian_renderer.crop import (TILE, CropPlanner, crop_camera, crop_from_bo
                                     footprint_box, footprint_crop)
 from scene.cameras import Camera
 from scene.gaussian_model import WorldGaussians
-from utils.loss import training_loss
+from training.loss import training_loss
 
 W, H = 128, 112
 

@@ -2,9 +2,9 @@
 import torch
 
 from scene.binding import quaternion_to_matrix
-from scene.densify import DensityController
+from training.densify import DensityController
 from scene.gaussian_model import GaussianModel, inverse_sigmoid
-from utils.selective_adam import SelectiveAdam
+from training.selective_adam import SelectiveAdam
 
 
 def model_with(scales, opacities, binding, rotations=None):

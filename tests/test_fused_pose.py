@@ -5,7 +5,7 @@ import torch
 
 from scene.binding import face_frames
 from scene.gaussian_model import GaussianModel, RowSelection
-from scene.regularisation import local_regularisation
+from training.regularisation import local_regularisation
 from utils import fused
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scene.cameras import Camera
-from scene.image_feeder import ImageFeeder
+from training.image_feeder import ImageFeeder
 
 
 def cameras(count=3, channels=4, seed=0):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scene.cameras import Camera
-from scene.schedule import TrainingSchedule
+from training.schedule import TrainingSchedule
 
 
 def cameras(frames=5, views=3):

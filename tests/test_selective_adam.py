@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from utils import fused
-from utils.selective_adam import SelectiveAdam
+from training.selective_adam import SelectiveAdam
 
 
 def make(seed=0):

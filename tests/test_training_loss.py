@@ -1,4 +1,4 @@
-"""Tests for utils/images.py and utils/loss.py::training_loss, including the fused CUDA kernel
+"""Tests for utils/images.py and training/loss.py::training_loss, including the fused CUDA kernel
 (utils/fused/csrc/loss.cu) against the PyTorch definition evaluated in float64."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from scene.cameras import Camera
 from utils import fused
 from utils.images import composite_rgba
-from utils.loss import photometric_loss, training_loss
+from training.loss import photometric_loss, training_loss
 
 LAMBDAS = (0.0, 0.2, 1.0)
 

@@ -1,6 +1,6 @@
 """Ground-truth images: uint8 pixels as stored by the dataset, to the float targets of the loss.
 
-Kept separate from ``Camera`` so that the training loss (``utils/loss.py``), which can take the
+Kept separate from ``Camera`` so that the training loss (``training/loss.py``), which can take the
 uint8 image straight to the fused CUDA kernel, and the PyTorch fallback share one definition of
 the compositing.
 """

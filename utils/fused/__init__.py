@@ -3,7 +3,7 @@ mesh-to-world posing of the Gaussians.
 
 Each replaces tens of small PyTorch kernels (and their Python launch overhead) per training
 iteration by one or two. The PyTorch code they replace stays the reference and the CPU path:
-``utils/loss.py``, ``utils/selective_adam.py`` and ``scene/gaussian_model.py`` call these kernels
+``training/loss.py``, ``training/selective_adam.py`` and ``scene/gaussian_model.py`` call these kernels
 only for CUDA tensors when :func:`available` is True.
 
 The extension is compiled on first use with ``torch.utils.cpp_extension.load`` (needs ``nvcc``

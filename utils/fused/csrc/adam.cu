@@ -1,7 +1,7 @@
 // Selective Adam step: Adam on a subset of rows (Gaussians) of several row-major tensors, with a
 // step count per row, in one kernel launch for all the tensors.
 //
-// The maths is that of SelectiveAdam._update in utils/selective_adam.py (the reference, float32):
+// The maths is that of SelectiveAdam._update in training/selective_adam.py (the reference, float32):
 //   t = step[r] + 1;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
 //   p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps);  step[r] = t.
 //

@@ -1,7 +1,7 @@
 // The photometric training loss of 3DGS, (1 - l) mean|x - y| + l (1 - mean SSIM), and its
 // gradient with respect to the render x, computed together in one pass over the image.
 //
-// Same maths as utils/loss.py::photometric_loss on the target of utils/images.py::composite_rgba
+// Same maths as training/loss.py::photometric_loss on the target of utils/images.py::composite_rgba
 // (which stays the reference), but three kernel launches instead of ~40 PyTorch ones:
 //   1. ssim_forward_kernel: per 32x16 tile and channel, blur the five maps x, y, x^2, y^2, xy
 //      (11-tap Gaussian, zero outside the image) from shared memory with a 5-pixel halo; write

@@ -14,7 +14,7 @@ import torch
 
 from scene.binding import quaternion_to_matrix
 from scene.gaussian_model import PARAM_NAMES, GaussianModel, inverse_sigmoid
-from utils.selective_adam import SelectiveAdam
+from training.selective_adam import SelectiveAdam
 
 
 @dataclass
