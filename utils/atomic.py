@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -17,16 +16,15 @@ from typing import Iterator
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, else is removed.
 
-    The temporary name keeps ``path``'s extension (writers such as cv2 choose the format by it)
-    and gets the usual permissions (mkstemp's are owner-only).
+    The temporary name keeps ``path``'s extension (writers such as cv2 choose the format by it).
+    The file is created with mode 0o666, so the kernel applies the process umask as for any new
+    file (mkstemp's would be owner-only); the umask itself is never touched, which would race
+    with other threads.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    tmp = str(path.parent / f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield Path(tmp)
         os.replace(tmp, path)
