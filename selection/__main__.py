@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
+from scene.errors import DatasetError
+from scene.meshes import load_mesh_sequence
 from selection.core import DEFAULT_DILATE, DEFAULT_KEEP, DEFAULT_TAU, compute_selection
+from utils.atomic import atomic_path
 
 FACES_DIR = "training_faces"
 
@@ -53,23 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
     """Write through a temporary file and rename, so a reader never sees a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
             np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command; returns the exit status (2 for bad input, with a one-line message)."""
     args = build_parser().parse_args(argv)
-    from scene.errors import DatasetError
-    from scene.meshes import load_mesh_sequence
-
     try:
         keyframes, meshes = load_mesh_sequence(args.data_dir)
     except DatasetError as exc:

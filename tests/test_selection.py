@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -250,6 +251,10 @@ def test_cli_writes_sorted_int32_files(tmp_path, capsys):
         assert got.dtype == np.int32 and got.ndim == 1
         assert np.array_equal(got, want)
     assert any(len(f) > 0 for f in expected.faces)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {(p.stat().st_mode & 0o777) for p in (tmp_path / "training_faces").iterdir()}
+    assert modes == {0o666 & ~umask}     # readable as any other file, not owner-only
 
 
 def test_cli_reference_dry_run_and_errors(tmp_path, capsys):
