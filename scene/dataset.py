@@ -275,12 +275,14 @@ def load_split_pixels(dataset: StgaDataset, split: str, resolution: float = -1,
 
 def load_dataset(source: Path, resolution: float = -1, splits: Sequence[str] = SPLITS,
                  load_pixels: bool = True, require_training_faces: bool = False,
-                 quiet: bool = False) -> StgaDataset:
+                 quiet: bool = False, hold_out: bool = True) -> StgaDataset:
     """Load and validate a dataset folder: transforms, images, meshes and training faces.
 
     ``splits`` lists the splits to read (``train`` is required to exist; others are skipped when
     their file is absent). With ``load_pixels=False`` images are checked for existence and size
-    only (fast, for tools that need cameras but not pixels).
+    only (fast, for tools that need cameras but not pixels). With ``hold_out=False`` (training
+    with ``--no-eval``) the other splits' cameras join ``train`` and no other split is kept;
+    training faces are then read for all their keyframes.
     """
     root = Path(source)
     if not root.is_dir():
@@ -318,6 +320,8 @@ def load_dataset(source: Path, resolution: float = -1, splits: Sequence[str] = S
                                camera_index=rec.camera_index))
             uid += 1
         cameras[split] = cams
+    if not hold_out:
+        cameras = {"train": [c for split in cameras for c in cameras[split]]}
 
     train_keyframes = sorted({c.keyframe for c in cameras["train"]})
     faces = load_training_faces(root, train_keyframes, meshes.shape[1], require_training_faces)

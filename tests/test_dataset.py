@@ -91,6 +91,19 @@ def test_loads_valid_dataset(data):
     assert ds.training_faces[1].tolist() == [0, 2]
 
 
+def test_without_hold_out_every_split_trains(data):
+    """--no-eval: the loader puts the held-out cameras into train (uids stay unique) and reads
+    training faces for their keyframes too; a missing one is then an error when required."""
+    np.save(data / "training_faces" / "0002.npy", np.array([1], dtype=np.int32))
+    ds = load_dataset(data, quiet=True, require_training_faces=True, hold_out=False)
+    assert set(ds.splits) == {"train"}
+    assert sorted(c.keyframe for c in ds.splits["train"]) == [0, 1, 2]
+    assert len({c.uid for c in ds.splits["train"]}) == 3
+    assert ds.training_faces[2].tolist() == [1]
+    (data / "training_faces" / "0002.npy").unlink()
+    expect_error(data, "0002", require_training_faces=True, hold_out=False)
+
+
 def test_opengl_to_opencv_and_projection_put_origin_at_principal_point():
     K = np.array([[30.0, 0, 13.0], [0, 30.0, 7.5], [0, 0, 1]])
     w2c = opengl_c2w_to_opencv_w2c(np.array(c2w_looking_at_origin(2.0)))

@@ -23,7 +23,7 @@ from gaussian_renderer import render
 from gaussian_renderer.crop import CropPlanner
 from scene import resolve_source
 from scene.binding import face_frames
-from scene.dataset import StgaDataset, load_dataset, load_training_faces
+from scene.dataset import StgaDataset, load_dataset
 from scene.errors import DatasetError
 from scene.gaussian_model import GaussianModel, RowSelection
 from scene.points import random_points_on_faces, read_points3d
@@ -67,13 +67,8 @@ class Trainer:
         self.log = (lambda *a: None) if args.quiet else print
         source = resolve_source(args.source_path)
         self.dataset = load_dataset(source, resolution=args.resolution, quiet=args.quiet,
-                                    require_training_faces=args.selection == "paper")
-        if not args.eval:  # train on every split: their keyframes need training faces too
-            for split in ("test", "val"):
-                self.dataset.splits["train"] += self.dataset.splits.pop(split, [])
-            self.dataset.training_faces = load_training_faces(
-                self.dataset.root, sorted({c.keyframe for c in self.dataset.splits["train"]}),
-                self.dataset.num_faces, required=args.selection == "paper")
+                                    require_training_faces=args.selection == "paper",
+                                    hold_out=args.eval)
         self.train_cameras = self.dataset.splits["train"]
         self.meshes = torch.from_numpy(self.dataset.meshes).to(self.device)
         self.reference_keyframe = min(c.keyframe for c in self.train_cameras)
