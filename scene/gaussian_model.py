@@ -192,6 +192,8 @@ class GaussianModel:
             triangles.contiguous(), self.binding, trainable, self.face_scale, p["xyz"],
             p["scaling"], p["rotation"], p["opacity"])
         shs = torch.cat([p["f_dc"], p["f_rest"]], dim=1)
+        if trainable is not None:   # frozen rows' colours are constants, as in ``world``
+            shs = torch.where(trainable[:, None, None], shs, shs.detach())
         return WorldGaussians(xyz, scales, rotations, opacity, shs, self.active_sh_degree)
 
     def one_up_sh_degree(self) -> None:

@@ -42,11 +42,10 @@ def pose_and_grads(model, tris, mask, seed=2):
         p.grad = None
     g = model.pose(tris, mask)
     gen = torch.Generator().manual_seed(seed)
-    outs = (g.xyz, g.scales, g.rotations, g.opacity)
+    outs = (g.xyz, g.scales, g.rotations, g.opacity, g.shs)
     weights = [torch.randn(o.shape, generator=gen).to(o.device) for o in outs]
     sum((o * w).sum() for o, w in zip(outs, weights)).backward()
-    grads = {n: p.grad.clone() for n, p in model.params.items()
-             if n in ("xyz", "scaling", "rotation", "opacity")}
+    grads = {n: p.grad.clone() for n, p in model.params.items()}   # all six, colours included
     return [o.detach() for o in outs], grads
 
 
@@ -109,7 +108,7 @@ def test_fused_pose_matches_the_reference(face_scale, selective):
         ref_out, ref_grads = pose_and_grads(model, tris, mask)
     finally:
         fused.available = available
-    names = ("xyz", "scales", "rotations", "opacity")
+    names = ("xyz", "scales", "rotations", "opacity", "shs")
     for name, a, b in zip(names, fused_out, ref_out):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     for name in ref_grads:
