@@ -2,8 +2,8 @@
 import torch
 
 from scene.binding import quaternion_to_matrix
-from training.densify import DensityController
 from scene.gaussian_model import GaussianModel, inverse_sigmoid
+from training.densify import DensityController
 from training.selective_adam import SelectiveAdam
 
 
@@ -80,3 +80,19 @@ def test_statistics_only_count_trainable_gaussians():
     model, opt = model_with([[0.001] * 3] * 2, [0.5, 0.5], [0, 1])
     report = run(model, opt, [5.0, 5.0], trainable=torch.tensor([False, True]))
     assert report.cloned == 1 and model.binding.tolist() == [0, 1, 1]
+
+
+def test_opacity_reset_clamps_and_zeroes_moments_but_keeps_step_counts():
+    """As 3DGS: the moments restart, the step counts (Adam's bias correction) do not."""
+    model, opt = model_with([0.001] * 4, [0.9, 0.5, 0.005, 0.02], [0, 0, 1, 1])
+    for _ in range(3):
+        model.params["opacity"].grad = torch.ones_like(model.params["opacity"])
+        opt.step()
+    before = opt.state["opacity"]["step"].clone()
+    assert (before == 3).all()
+    DensityController.reset_opacity(model, opt, ceiling=0.01)
+    opacity = torch.sigmoid(model.params["opacity"].detach()).squeeze(1)
+    assert (opacity <= 0.01 + 1e-6).all()
+    assert (opt.state["opacity"]["exp_avg"] == 0).all()
+    assert (opt.state["opacity"]["exp_avg_sq"] == 0).all()
+    assert torch.equal(opt.state["opacity"]["step"], before)

@@ -121,9 +121,15 @@ class DensityController:
     @staticmethod
     @torch.no_grad()
     def reset_opacity(model: GaussianModel, optimizer: SelectiveAdam, ceiling: float = 0.01) -> None:
-        """3DGS's opacity reset: clamp opacities to ``ceiling`` and restart their moments."""
+        """3DGS's opacity reset: clamp opacities to ``ceiling`` and zero their Adam moments.
+
+        The rows' step counts are kept, as in 3DGS (which swaps in zeroed moments and leaves the
+        step alone): with the bias correction of a late step, the first updates after the reset
+        are larger than the learning rate (about 3x once the count is in the thousands), so
+        the clamped opacities recover quickly.
+        """
         op = model.params["opacity"]
         op.copy_(torch.minimum(op, inverse_sigmoid(torch.tensor(ceiling, device=op.device))))
         state = optimizer.state["opacity"]
-        for key in state:
-            state[key].zero_()
+        state["exp_avg"].zero_()
+        state["exp_avg_sq"].zero_()
