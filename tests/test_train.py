@@ -308,3 +308,26 @@ def test_selection_by_error_adds_the_worst_rendered_faces(tiny_head, tmp_path):
     assert selection.mask[torch.isin(t.model.binding, worst)].all()
     off = trainer(tiny_head, tmp_path / "n", "--error_faces", "0")
     assert off.face_error is None
+
+
+def test_random_background_does_not_change_which_views_train_when(tiny_head, tmp_path):
+    """The view order, the background colours and the densification noise draw from separate
+    random streams: turning --random_background on leaves the order of the views unchanged."""
+    orders = []
+    for flag in ([], ["--random_background"]):
+        t = trainer(tiny_head, tmp_path / f"m{len(flag)}", "--iterations", "30",
+                    "--global_warmup", "10", "--sh_degree", "0", "--densify_from_iter", "5",
+                    "--densification_interval", "5", *flag)
+        seen = []
+        inner = t.schedule.next
+
+        def spy(inner=inner, seen=seen):
+            step = inner()
+            seen.append(step.camera.uid)
+            return step
+
+        t.schedule.next = spy
+        for it in range(1, 31):
+            t.train_step(it)
+        orders.append(seen)
+    assert orders[0] == orders[1]

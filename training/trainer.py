@@ -76,7 +76,12 @@ class Trainer:
         self.background = torch.tensor([1.0, 1.0, 1.0] if args.white_background else [0.0] * 3,
                                        device=self.device)
         torch.manual_seed(args.seed)
-        self.generator = torch.Generator().manual_seed(args.seed)
+        # One stream per purpose, so that drawing from one (a random background) never changes
+        # another (which views train when, the densification noise).
+        streams = np.random.SeedSequence(args.seed).generate_state(2)
+        self.generator = torch.Generator().manual_seed(args.seed)          # the view order
+        self.background_generator = torch.Generator().manual_seed(int(streams[0]))
+        self.densify_generator = torch.Generator().manual_seed(int(streams[1]))
         self.schedule = TrainingSchedule(
             self.train_cameras,
             self.dataset.training_faces if args.selection == "paper" else None,
@@ -150,6 +155,8 @@ class Trainer:
             "version": CHECKPOINT_VERSION, "iteration": iteration,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "generator": self.generator.get_state(),
+            "background_generator": self.background_generator.get_state(),
+            "densify_generator": self.densify_generator.get_state(),
             "density": {"grad_accum": self.density.grad_accum, "denom": self.density.denom},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
@@ -180,6 +187,9 @@ class Trainer:
         self.density.grad_accum = state["density"]["grad_accum"].to(self.device)
         self.density.denom = state["density"]["denom"].to(self.device)
         self.generator.set_state(state["generator"])
+        for name in ("background_generator", "densify_generator"):
+            if state.get(name) is not None:     # absent from checkpoints of older versions
+                getattr(self, name).set_state(state[name])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"])
@@ -301,7 +311,7 @@ class Trainer:
             mask = None if selection is None else selection.mask
             world = self.model.pose(self.triangles(camera.keyframe), mask)
             if a.random_background:
-                background = torch.rand(3, generator=self.generator).to(self.device)
+                background = torch.rand(3, generator=self.background_generator).to(self.device)
             else:
                 background = self.background
             crop = None
@@ -334,7 +344,7 @@ class Trainer:
             if iteration > a.densify_from_iter and iteration % a.densification_interval == 0:
                 self.density.densify_and_prune(
                     self.model, self.optimizer, a.densify_grad_threshold, a.min_opacity,
-                    a.percent_dense * self.extent, self.face_size, self.generator)
+                    a.percent_dense * self.extent, self.face_size, self.densify_generator)
             selective_stage = (a.selection == "paper"
                                and iteration >= self.schedule.frame_stage_start)
             if (iteration % a.opacity_reset_interval == 0 or (
