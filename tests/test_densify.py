@@ -96,3 +96,29 @@ def test_opacity_reset_clamps_and_zeroes_moments_but_keeps_step_counts():
     assert (opt.state["opacity"]["exp_avg"] == 0).all()
     assert (opt.state["opacity"]["exp_avg_sq"] == 0).all()
     assert torch.equal(opt.state["opacity"]["step"], before)
+
+
+def test_too_large_gaussians_are_pruned_only_when_limits_are_given():
+    """3DGS's size rules: a screen radius above the limit since the last densification, or a
+    world size above the limit; never a face's last Gaussian."""
+    def fresh():
+        model, opt = model_with([[0.001] * 3, [0.5] * 3, [0.001] * 3, [0.001] * 3], [0.9] * 4,
+                                [0, 0, 1, 1])
+        ctl = DensityController(model)
+        n = model.num_gaussians
+        radii = torch.tensor([3, 4, 30, 2])        # row 2 covers 30 pixels in one view
+        ctl.accumulate(torch.zeros(n, 3), torch.ones(n, dtype=torch.bool), None, radii)
+        ctl.accumulate(torch.zeros(n, 3), torch.ones(n, dtype=torch.bool), None,
+                       torch.tensor([3, 4, 5, 2]))  # the maximum is kept
+        return model, opt, ctl
+
+    model, opt, ctl = fresh()
+    ctl.densify_and_prune(model, opt, 1.0, 0.005, 0.01, torch.ones(10))
+    assert model.num_gaussians == 4                 # no limits: nothing large is pruned
+    model, opt, ctl = fresh()
+    report = ctl.densify_and_prune(model, opt, 1.0, 0.005, 0.01, torch.ones(10),
+                                   max_screen_size=20, max_world_size=0.1)
+    # row 1 is too large in the world, row 2 on screen; both faces keep a Gaussian
+    assert report.pruned == 2 and model.binding.tolist() == [0, 1]
+    assert torch.exp(model.params["scaling"]).max() < 0.01
+    assert ctl.max_radii.tolist() == [0, 0]         # statistics restart after densification

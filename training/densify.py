@@ -3,7 +3,10 @@
 Every new Gaussian inherits its parent's face and lives in the same local frame. Split children
 are sampled in the parent's local frame from the parent's own local scale and rotation. Pruning
 never leaves a face that had Gaussians without one. View-space gradient statistics are gathered
-only for Gaussians that were trainable when the gradient was taken.
+only for Gaussians that were trainable when the gradient was taken. As in 3DGS, once the first
+opacity-reset interval has passed, Gaussians that grew too large are pruned as well: a screen
+radius above ``max_screen_size`` pixels in any view since the last densification, or a world
+size above ``max_world_size``.
 """
 from __future__ import annotations
 
@@ -35,27 +38,36 @@ class DensityController:
         n, dev = model.num_gaussians, model.device
         self.grad_accum = torch.zeros(n, device=dev)
         self.denom = torch.zeros(n, device=dev)
+        self.max_radii = torch.zeros(n, device=dev)
 
     @torch.no_grad()
     def accumulate(self, screen_grad: torch.Tensor, visible: torch.Tensor,
-                   trainable: Optional[torch.Tensor]) -> None:
-        """Add this step's screen-space gradient norms of visible (and trainable) Gaussians.
+                   trainable: Optional[torch.Tensor],
+                   radii: Optional[torch.Tensor] = None) -> None:
+        """Add this step's screen-space gradient norms (and screen radii, in pixels) of the
+        visible (and trainable) Gaussians.
 
         ``trainable``: an (N,) bool mask; None means every row.
         """
         mask = visible if trainable is None else visible & trainable
         self.grad_accum += torch.where(mask, screen_grad[:, :2].norm(dim=-1), 0.0)
         self.denom += mask
+        if radii is not None:
+            self.max_radii = torch.where(mask, torch.maximum(self.max_radii, radii.float()),
+                                         self.max_radii)
 
     @torch.no_grad()
     def densify_and_prune(self, model: GaussianModel, optimizer: SelectiveAdam,
                           grad_threshold: float, min_opacity: float, size_threshold: float,
-                          face_size: torch.Tensor, generator: Optional[torch.Generator] = None
-                          ) -> DensifyReport:
-        """Clone small and split large Gaussians with large mean gradient, then prune faint ones.
+                          face_size: torch.Tensor, generator: Optional[torch.Generator] = None,
+                          max_screen_size: Optional[float] = None,
+                          max_world_size: Optional[float] = None) -> DensifyReport:
+        """Clone small and split large Gaussians with large mean gradient, then prune faint ones
+        (and, when the limits are given, those larger than them).
 
-        ``size_threshold`` is in world units (3DGS: percent_dense * scene extent); ``face_size``
-        (F,) converts local scales to world ones under ``--face_scale``.
+        ``size_threshold`` and ``max_world_size`` are in world units (3DGS: percent_dense and
+        0.1 times the scene extent); ``face_size`` (F,) converts local scales to world ones
+        under ``--face_scale``; ``max_screen_size`` is a screen radius in pixels.
         """
         p, b = model.params, model.binding
         grads = self.grad_accum / self.denom.clamp_min(1.0)
@@ -86,9 +98,20 @@ class DensityController:
         model.edit_rows(keep, new, torch.cat(new_binding))
         optimizer.keep_rows(keep)
         optimizer.append_rows(added)
+        # rows now: the kept ones, then the clones, then the split children (new: no radius yet)
+        radii = torch.cat([self.max_radii[keep],
+                           self.max_radii.new_zeros(model.num_gaussians - int(keep.sum()))])
 
-        faint = torch.sigmoid(model.params["opacity"].detach()).squeeze(1) < min_opacity
-        pruned = self._prune(model, optimizer, faint)
+        p, b = model.params, model.binding
+        remove = torch.sigmoid(p["opacity"].detach()).squeeze(1) < min_opacity
+        if max_screen_size is not None:
+            remove |= radii > max_screen_size
+        if max_world_size is not None:
+            size = torch.exp(p["scaling"].detach()).max(dim=1).values
+            if model.face_scale:
+                size = size * face_size[b]
+            remove |= size > max_world_size
+        pruned = self._prune(model, optimizer, remove)
         self.reset_stats(model)
         return DensifyReport(int(clone.sum()), parents.numel(), pruned, model.num_gaussians)
 

@@ -157,7 +157,8 @@ class Trainer:
             "schedule": self.schedule.state_dict(), "generator": self.generator.get_state(),
             "background_generator": self.background_generator.get_state(),
             "densify_generator": self.densify_generator.get_state(),
-            "density": {"grad_accum": self.density.grad_accum, "denom": self.density.denom},
+            "density": {"grad_accum": self.density.grad_accum, "denom": self.density.denom,
+                        "max_radii": self.density.max_radii},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
             "train_seconds": self.training_seconds(self.side_start),
@@ -186,6 +187,8 @@ class Trainer:
         self.density = DensityController(self.model)
         self.density.grad_accum = state["density"]["grad_accum"].to(self.device)
         self.density.denom = state["density"]["denom"].to(self.device)
+        if state["density"].get("max_radii") is not None:   # absent before this was tracked
+            self.density.max_radii = state["density"]["max_radii"].to(self.device)
         self.generator.set_state(state["generator"])
         for name in ("background_generator", "densify_generator"):
             if state.get(name) is not None:     # absent from checkpoints of older versions
@@ -336,15 +339,19 @@ class Trainer:
                 if crop is not None:   # d/d NDC of the crop -> d/d NDC of the full image
                     screen_grad = screen_grad * screen_grad.new_tensor(
                         [crop.full_width / crop.width, crop.full_height / crop.height, 1.0])
-                self.density.accumulate(screen_grad, out["visibility_filter"], mask)
+                self.density.accumulate(screen_grad, out["visibility_filter"], mask,
+                                        out["radii"])
             self.optimizer.step(None if selection is None else selection.rows)
             self.optimizer.zero_grad()
             loss = loss.detach()
         if densifying:
             if iteration > a.densify_from_iter and iteration % a.densification_interval == 0:
+                large = iteration > a.opacity_reset_interval and a.max_screen_size > 0
                 self.density.densify_and_prune(
                     self.model, self.optimizer, a.densify_grad_threshold, a.min_opacity,
-                    a.percent_dense * self.extent, self.face_size, self.densify_generator)
+                    a.percent_dense * self.extent, self.face_size, self.densify_generator,
+                    max_screen_size=a.max_screen_size if large else None,
+                    max_world_size=0.1 * self.extent if large else None)
             selective_stage = (a.selection == "paper"
                                and iteration >= self.schedule.frame_stage_start)
             if (iteration % a.opacity_reset_interval == 0 or (
