@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from arguments import torch_device
 from utils.atomic import atomic_path
 from utils.image_metrics import PSNR_CAP_DB, masked_psnr, masked_ssim, psnr, ssim
 from utils.lpips import LPIPS, LpipsUnavailable, get_lpips
@@ -261,10 +262,6 @@ def evaluate_method(
     return per
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def evaluate_model(
     model_dir: str,
     lpips_net: str = "alex",
@@ -286,7 +283,7 @@ def evaluate_model(
     With `masks`, also scores the face regions (see the module docstring) from `regions_dir` or
     the model's dataset; when there are no region maps it says so on stderr and scores the rest.
     """
-    dev = torch.device(device) if device is not None else _default_device()
+    dev = torch_device(None) if device is None else torch.device(device)
     splits = find_splits(model_dir)
     if not splits:
         raise MetricsError(
@@ -451,8 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns 0 if every model was evaluated, 1 otherwise."""
-    args = build_parser().parse_args(argv)
-    device = torch.device(args.device) if args.device else _default_device()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        device = torch_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
     lpips_model = None if args.no_lpips else load_lpips_or_none(args.lpips_net, device)
     failed = 0
     for model_dir in args.model_paths:

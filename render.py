@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from arguments import load_config
+from arguments import load_config, torch_device
 from gaussian_renderer import render
 from scene import resolve_source
 from scene.binding import face_frames
@@ -301,7 +301,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     model_dir = Path(args.model_path)
     try:
         cfg = load_config(model_dir)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.orbit < 0 or not args.fps > 0:
@@ -317,7 +317,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: no model saved at iteration {iteration} (saved: {iterations})",
               file=sys.stderr)
         return 2
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch_device(args.device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     splits = [s for s in SPLITS if not getattr(args, f"skip_{s}")]
     resolution = cfg.get("resolution", -1)
     try:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
-import torch
-
 from arguments import (DEFAULT_ITERATIONS, DEMO_ITERATIONS, add_model_args,
-                       add_optimization_args, add_pipeline_args)
-from scene import DEMO_SOURCE
+                       add_optimization_args, add_pipeline_args, torch_device)
+from scene import DEMO_SOURCE, builtin_variant
 from scene.errors import DatasetError
 from training.trainer import Trainer
 
@@ -52,13 +51,18 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.global_warmup = args.iterations // 10
     if args.densify_until_iter is None:
         args.densify_until_iter = args.iterations // 2
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = str(torch_device(args.device))
+    if builtin_variant(args.source_path) is None:   # kept in cfg_args.json: any folder works
+        args.source_path = str(Path(args.source_path).resolve())
     return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = resolve_defaults(build_parser().parse_args(argv))
+    parser = build_parser()
+    try:
+        args = resolve_defaults(parser.parse_args(argv))
+    except ValueError as exc:   # a usage error found after parsing (e.g. no CUDA for --device)
+        parser.error(str(exc))
     try:
         trainer = Trainer(args)
     except DatasetError as exc:

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
+import torch
+
 from scene import builtin_variant
 from utils.atomic import atomic_path
 
@@ -25,6 +27,43 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a clear usage error otherwise)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def resolution_value(text: str) -> float:
+    """argparse type of -r: -1, or a positive scale divisor / target width."""
+    value = float(text)
+    if value != -1 and not value > 0:
+        raise argparse.ArgumentTypeError(f"must be -1, 1, 2, 4, 8 or a width in pixels, "
+                                         f"got {text}")
+    return value
+
+
+def torch_device(name: str | None) -> torch.device:
+    """The device a command runs on (None: cuda when available, else cpu); a ValueError with a
+    one-line reason for a malformed name or CUDA asked for without a usable GPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a torch device name (cpu, cuda, cuda:1, ...)") \
+            from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: this PyTorch build sees no CUDA GPU "
+                             f"(torch {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA "
+                             f"device(s) here")
+    return device
 
 
 def unit_fraction(text: str) -> float:
@@ -43,7 +82,7 @@ def add_model_args(parser: argparse.ArgumentParser, source_required: bool = True
                         "use into ~/.cache/stga or $STGA_CACHE)")
     g.add_argument("-m", "--model_path", default=None,
                    help="output folder of the model (default: output/<dataset name>)")
-    g.add_argument("-r", "--resolution", type=float, default=-1,
+    g.add_argument("-r", "--resolution", type=resolution_value, default=-1,
                    help="image scale: 1, 2, 4 or 8 divide the size by that factor; another "
                         "positive number is a target width in pixels; -1 (default) keeps the full "
                         "size up to 1600 pixels wide")
@@ -60,13 +99,13 @@ def add_model_args(parser: argparse.ArgumentParser, source_required: bool = True
     g.add_argument("--face_scale", action="store_true",
                    help="multiply each Gaussian's local offset and scale by its face's size "
                         "(GaussianAvatars' convention); off by default, as in STGA")
-    g.add_argument("--init_per_face", type=int, default=2,
+    g.add_argument("--init_per_face", type=positive_int, default=2,
                    help="Gaussians per face when the dataset has no points3d.ply (default 2)")
 
 
 def add_optimization_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--iterations", type=int, default=None,
+    g.add_argument("--iterations", type=positive_int, default=None,
                    help=f"training iterations (default {DEFAULT_ITERATIONS}; "
                         f"{DEMO_ITERATIONS} for -s demo)")
     g.add_argument("--position_lr_init", type=float, default=1.6e-4,
@@ -193,9 +232,25 @@ def save_config(model_dir: Path, args: argparse.Namespace) -> None:
 
 
 def load_config(model_dir: Path) -> Dict[str, Any]:
-    """Options a model was trained with; a clear error when the folder is not a model."""
+    """Options a model was trained with, checked: FileNotFoundError when the folder is not a
+    model, ValueError (naming the file) when the file is corrupt or lacks what the commands
+    read."""
     path = Path(model_dir) / CONFIG_NAME
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; is {model_dir} a folder written by train.py?")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: not readable as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of options")
+    if not isinstance(data.get("source_path"), str) or not data["source_path"]:
+        raise ValueError(f"{path}: 'source_path' is missing or not a string; pass -s to say "
+                         f"where the dataset is, or retrain")
+    checks = {"resolution": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "white_background": lambda v: isinstance(v, bool),
+              "sh_degree": lambda v: isinstance(v, int) and not isinstance(v, bool)}
+    for key, valid in checks.items():
+        if key in data and not valid(data[key]):
+            raise ValueError(f"{path}: '{key}' has a value of the wrong type: {data[key]!r}")
+    return data

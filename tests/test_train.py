@@ -331,3 +331,44 @@ def test_random_background_does_not_change_which_views_train_when(tiny_head, tmp
             t.train_step(it)
         orders.append(seen)
     assert orders[0] == orders[1]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["-r", "0"], "--resolution"), (["--iterations", "0"], "--iterations"),
+    (["--init_per_face", "0"], "--init_per_face"), (["--device", "gpu"], "not a torch device"),
+    (["--error_faces", "2"], "--error_faces")])
+def test_bad_options_are_one_line_usage_errors(tiny_head, tmp_path, capsys, argv, fragment):
+    with pytest.raises(SystemExit) as info:
+        train.main(["-s", str(tiny_head), "-m", str(tmp_path / "m"), *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()       # refused before any work
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_without_a_gpu_is_a_usage_error(tiny_head, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        train.main(["-s", str(tiny_head), "-m", str(tmp_path / "m"), "--device", "cuda"])
+    assert info.value.code == 2 and "sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_the_dataset_path_is_kept_absolute_so_render_works_from_any_folder(tiny_head, tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tiny_head.parent)
+    args = train.resolve_defaults(train.build_parser().parse_args(
+        ["-s", tiny_head.name, "-m", str(tmp_path / "m"), "--device", "cpu"]))
+    assert args.source_path == str(tiny_head.resolve())
+    builtin = train.resolve_defaults(train.build_parser().parse_args(["-s", "demo",
+                                                                      "--device", "cpu"]))
+    assert builtin.source_path == "demo"
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{", "not readable as JSON"), ("[1, 2]", "JSON object"),
+    ('{"resolution": -1}', "source_path"), ('{"source_path": "x", "sh_degree": "3"}', "sh_degree")])
+def test_a_corrupt_or_incomplete_cfg_args_is_a_one_line_error(tmp_path, capsys, content, fragment):
+    (tmp_path / "cfg_args.json").write_text(content)
+    assert render.main(["-m", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cfg_args.json" in err and fragment in err
