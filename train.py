@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import List, Optional
 
 from arguments import (DEFAULT_ITERATIONS, DEMO_ITERATIONS, add_model_args,
-                       add_optimization_args, add_pipeline_args, torch_device)
+                       add_optimization_args, add_pipeline_args, model_path_for, torch_device)
 from scene import DEMO_SOURCE, builtin_variant
 from scene.errors import DatasetError
+from training.lock import FolderLock, FolderLockedError
 from training.trainer import Trainer
 
 __all__ = ["Trainer", "DatasetError", "build_parser", "resolve_defaults", "main"]
@@ -39,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="iterations at which a resumable checkpoint chkpnt<N>.pth is written")
     g.add_argument("--start_checkpoint", default=None,
                    help="resume from this checkpoint (parameters, optimiser, schedule, RNG)")
+    g.add_argument("--checkpoint_minutes", type=float, default=10.0,
+                   help="every this many minutes of training, write <model>/chkpnt_latest.pth "
+                        "(replacing the previous one), so a crash loses at most that much work; "
+                        "removed when the run completes; 0 turns it off (default 10)")
+    g.add_argument("--resume_other_dataset", action="store_true",
+                   help="allow --start_checkpoint from a run on another dataset (deliberate "
+                        "fine-tuning); refused by default, since a checkpoint keeps a "
+                        "fingerprint of its training cameras and meshes")
     return parser
 
 
@@ -51,6 +60,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.global_warmup = args.iterations // 10
     if args.densify_until_iter is None:
         args.densify_until_iter = args.iterations // 2
+    if args.checkpoint_minutes < 0:
+        raise ValueError(f"--checkpoint_minutes must be 0 or more, got {args.checkpoint_minutes}")
     args.device = str(torch_device(args.device))
     if builtin_variant(args.source_path) is None:   # kept in cfg_args.json: any folder works
         args.source_path = str(Path(args.source_path).resolve())
@@ -64,11 +75,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as exc:   # a usage error found after parsing (e.g. no CUDA for --device)
         parser.error(str(exc))
     try:
-        trainer = Trainer(args)
-    except DatasetError as exc:
+        with FolderLock(model_path_for(args)):   # one training per model folder
+            Trainer(args).run()
+    except (DatasetError, FolderLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    trainer.run()
     return 0
 
 

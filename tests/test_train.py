@@ -372,3 +372,99 @@ def test_a_corrupt_or_incomplete_cfg_args_is_a_one_line_error(tmp_path, capsys, 
     assert render.main(["-m", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "cfg_args.json" in err and fragment in err
+
+
+def test_two_trainings_cannot_write_one_model_folder(tiny_head, tmp_path, capsys):
+    from training.lock import LOCK_NAME, FolderLock
+    model = tmp_path / "m"
+    model.mkdir()
+    with FolderLock(model):
+        code = train.main(["-s", str(tiny_head), "-m", str(model), "--quiet", "--device", "cpu",
+                           "--iterations", "2"])
+        err = capsys.readouterr().err
+        assert code == 2 and "another training is writing" in err and f"pid {os.getpid()}" in err
+        assert not (model / "cfg_args.json").exists()
+    # released: a stale lock file left behind does not block the next run
+    assert (model / LOCK_NAME).exists()
+    assert train.main(["-s", str(tiny_head), "-m", str(model), "--quiet", "--device", "cpu",
+                       "--iterations", "2", "--test_iterations", "-1"]) == 0
+
+
+def test_a_bad_dataset_leaves_no_empty_model_folder(tiny_head, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_head, data)
+    (data / "transforms_train.json").write_text("{")
+    assert train.main(["-s", str(data), "-m", str(tmp_path / "m"), "--quiet",
+                       "--device", "cpu"]) == 2
+    assert not (tmp_path / "m").exists()
+
+
+def test_checkpoints_that_are_not_ours_or_incomplete_are_one_line_errors(tiny_head, tmp_path):
+    args = ["--iterations", "4", "--sh_degree", "0", "--test_iterations", "-1",
+            "--checkpoint_iterations", "4"]
+    t = trainer(tiny_head, tmp_path / "a", *args)
+    t.run()
+    ckpt = tmp_path / "a" / "chkpnt4.pth"
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"garbage, not saved tensors")
+    with pytest.raises(train.DatasetError) as info:
+        trainer(tiny_head, tmp_path / "b", "--start_checkpoint", str(junk))
+    assert "junk.pth" in str(info.value) and "weights_only" not in str(info.value)
+    state = torch.load(ckpt, weights_only=True)
+    del state["optimizer"]
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(train.DatasetError, match="partial.pth: incomplete.*optimizer"):
+        trainer(tiny_head, tmp_path / "b", "--start_checkpoint", str(tmp_path / "partial.pth"))
+    state = torch.load(ckpt, weights_only=True)
+    state["model"]["params"].pop("xyz")
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(train.DatasetError, match="broken.pth: incomplete or inconsistent"):
+        trainer(tiny_head, tmp_path / "b", "--start_checkpoint", str(tmp_path / "broken.pth"))
+
+
+def test_resuming_on_another_dataset_is_refused_unless_asked(tiny_head, tmp_path):
+    t = trainer(tiny_head, tmp_path / "a", "--iterations", "4", "--sh_degree", "0",
+                "--test_iterations", "-1", "--checkpoint_iterations", "4")
+    t.run()
+    other = tmp_path / "other"
+    shutil.copytree(tiny_head, other)
+    frames = json.loads((other / "transforms_train.json").read_text())
+    frames["frames"][0]["transform_matrix"][0][3] += 0.05     # one camera moved
+    (other / "transforms_train.json").write_text(json.dumps(frames))
+    ckpt = str(tmp_path / "a" / "chkpnt4.pth")
+    with pytest.raises(train.DatasetError, match="another dataset.*--resume_other_dataset"):
+        trainer(other, tmp_path / "b", "--start_checkpoint", ckpt)
+    resumed = trainer(other, tmp_path / "b", "--start_checkpoint", ckpt, "--resume_other_dataset")
+    assert resumed.first_iteration == 5
+    assert trainer(tiny_head, tmp_path / "c", "--start_checkpoint", ckpt).first_iteration == 5
+
+
+def test_a_crash_loses_only_the_work_since_the_rolling_checkpoint(tiny_head, tmp_path,
+                                                                  monkeypatch):
+    """A run that dies mid-way (here: an error at iteration 25) leaves chkpnt_latest.pth from
+    a recent iteration; resuming from it ends exactly where an uninterrupted run ends."""
+    args = ["--iterations", "30", "--sh_degree", "1", "--global_warmup", "10",
+            "--densify_from_iter", "5", "--densification_interval", "10",
+            "--test_iterations", "1000", "--save_iterations", "30"]
+    straight = trainer(tiny_head, tmp_path / "a", *args, "--checkpoint_minutes", "0")
+    straight.run()
+    assert not (tmp_path / "a" / "chkpnt_latest.pth").exists()
+    crashing = trainer(tiny_head, tmp_path / "b", *args, "--checkpoint_minutes", "1e-9")
+    inner = crashing.train_step
+
+    def dies_at_25(iteration):
+        if iteration == 25:
+            raise OSError("simulated crash")
+        return inner(iteration)
+
+    crashing.train_step = dies_at_25
+    with pytest.raises(OSError):
+        crashing.run()
+    latest = tmp_path / "b" / "chkpnt_latest.pth"
+    state = torch.load(latest, weights_only=True)
+    assert state["iteration"] == 24                  # written after every iteration here
+    resumed = trainer(tiny_head, tmp_path / "b", *args, "--start_checkpoint", str(latest))
+    resumed.run()
+    for name in straight.model.params:
+        assert torch.equal(resumed.model.params[name], straight.model.params[name]), name
+    assert not latest.exists()                       # removed once the run completed

@@ -27,6 +27,8 @@ from scene.dataset import StgaDataset, load_dataset
 from scene.errors import DatasetError
 from scene.gaussian_model import GaussianModel, RowSelection
 from scene.points import random_points_on_faces, read_points3d
+from training.checkpoint import (LATEST_NAME, check_dataset, dataset_fingerprint,
+                                 read_checkpoint, write_checkpoint)
 from training.densify import DensityController
 from training.face_error import FaceErrorMap
 from training.image_feeder import ImageFeeder
@@ -35,13 +37,9 @@ from training.progress import ProgressLog
 from training.regularisation import local_regularisation
 from training.schedule import Step, TrainingSchedule
 from training.selective_adam import SelectiveAdam
-from utils.atomic import atomic_path
 from utils.image_metrics import masked_psnr, masked_ssim, psnr, ssim
 from utils.images import composite_rgba
 from utils.regions import MIN_REGION_PIXELS, REGIONS, RegionMapError, RegionMaps
-
-CHECKPOINT_VERSION = 1
-
 
 def position_lr(args: argparse.Namespace, iteration: int, extent: float) -> float:
     """Log-linear decay from position_lr_init to position_lr_final (times the scene extent)."""
@@ -96,6 +94,7 @@ class Trainer:
         self.start_time: Optional[float] = None      # set by run()
         self.side_start: Optional[float] = None      # when this iteration's side work began
         self.region_maps = self._load_region_maps()
+        self.fingerprint = dataset_fingerprint(self.dataset)
         self.face_error = None
         if args.error_faces > 0 and args.selection == "paper":
             self.face_error = FaceErrorMap([c.keyframe for c in self.train_cameras],
@@ -150,9 +149,10 @@ class Trainer:
     def checkpoint_path(self, iteration: int) -> Path:
         return self.model_dir / f"chkpnt{iteration}.pth"
 
-    def save_checkpoint(self, iteration: int) -> Path:
+    def save_checkpoint(self, iteration: int, path: Optional[Path] = None) -> Path:
+        """Write a resumable checkpoint (to ``chkpnt<iteration>.pth`` unless ``path``)."""
         state = {
-            "version": CHECKPOINT_VERSION, "iteration": iteration,
+            "iteration": iteration, "dataset": self.fingerprint,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "generator": self.generator.get_state(),
             "background_generator": self.background_generator.get_state(),
@@ -164,20 +164,21 @@ class Trainer:
             "train_seconds": self.training_seconds(self.side_start),
             "face_error": None if self.face_error is None else self.face_error.error,
         }
-        path = self.checkpoint_path(iteration)
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-        return path
+        return write_checkpoint(path or self.checkpoint_path(iteration), state)
 
     def _restore(self, path: Path) -> None:
+        state = read_checkpoint(path)
+        check_dataset(path, state, self.dataset, self.args.resume_other_dataset)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise DatasetError(f"{path}: checkpoint file is missing") from None
-        except Exception as exc:
-            raise DatasetError(f"{path}: not a readable checkpoint ({exc})") from None
-        if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-            raise DatasetError(f"{path}: not an STGA checkpoint of version {CHECKPOINT_VERSION}")
+            self._apply_checkpoint(path, state)
+        except DatasetError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise DatasetError(f"{path}: incomplete or inconsistent checkpoint "
+                               f"({type(exc).__name__}: {exc})") from None
+        self.log(f"Resumed from {path} at iteration {state['iteration']}")
+
+    def _apply_checkpoint(self, path: Path, state: Dict) -> None:
         self.model.load_state_dict(state["model"], self.device)
         if int(self.model.binding.max()) >= self.dataset.num_faces:
             raise DatasetError(f"{path}: binds Gaussians to faces the dataset's meshes lack")
@@ -202,7 +203,6 @@ class Trainer:
             if tuple(state["face_error"].shape) != tuple(self.face_error.error.shape):
                 raise DatasetError(f"{path}: its face-error map does not fit this dataset")
             self.face_error.error.copy_(state["face_error"])
-        self.log(f"Resumed from {path} at iteration {state['iteration']}")
 
     # --- evaluation --------------------------------------------------------------------------
     def _load_region_maps(self) -> Dict[str, np.ndarray]:
@@ -385,6 +385,9 @@ class Trainer:
         bar = tqdm(range(self.first_iteration, last + 1), desc="Training", disable=a.quiet,
                    initial=self.first_iteration - 1, total=last, dynamic_ncols=True)
         ema = None
+        rolling = self.model_dir / LATEST_NAME
+        rolling_every = 60.0 * a.checkpoint_minutes
+        next_rolling = self.seconds_before + rolling_every
         self.start_time = time.perf_counter()
         self.side_seconds = 0.0  # evaluation and saving, not training
         self.progress = ProgressLog.resume(self.model_dir, self.first_iteration - 1)
@@ -405,6 +408,10 @@ class Trainer:
                     self.log(f"\n[ITER {iteration}] Saved {self.save_model(iteration)}")
                 if iteration in checkpoints:
                     self.log(f"\n[ITER {iteration}] Checkpoint {self.save_checkpoint(iteration)}")
+                if rolling_every > 0 and iteration < last and \
+                        self.training_seconds(side) >= next_rolling:
+                    self.save_checkpoint(iteration, rolling)
+                    next_rolling = self.training_seconds(side) + rolling_every
                 self.side_seconds += time.perf_counter() - side
                 if self.stop_requested:
                     path = self.save_checkpoint(iteration)
@@ -417,5 +424,6 @@ class Trainer:
             bar.close()
         total = time.perf_counter() - self.start_time
         self.train_seconds = total - self.side_seconds
+        rolling.unlink(missing_ok=True)   # the run is complete: its model is saved
         self.log(f"Training done in {total:.1f} s ({self.train_seconds:.1f} s training, the rest "
                  f"evaluating and saving); model in {self.model_dir}")
