@@ -98,11 +98,28 @@ def frame_id(frame: dict, keys: Sequence[str], where: str) -> int:
     return int(value)
 
 
+def real_number(value, name: str, where: str) -> float:
+    """A finite JSON number (not a string or a bool), else a DatasetError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DatasetError(f"{where}: '{name}' must be a number, got {value!r}")
+    return float(value)
+
+
+def image_side(value, name: str, where: str) -> int:
+    """A positive integer image side ('w' or 'h'), else a DatasetError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+            or value < 1:
+        raise DatasetError(f"{where}: '{name}' must be a positive whole number of pixels, "
+                           f"got {value!r}")
+    return int(value)
+
+
 def parse_transforms(path: Path, split: str, root: Path) -> List[FrameRecord]:
     """Parse and validate one ``transforms_<split>.json`` (images are not read here)."""
     data = read_transforms_json(path)
     top_fov = (data.get("camera_angle_x"), data.get("camera_angle_y"))
     records = []
+    views: Dict[tuple, str] = {}     # (keyframe, camera_index) -> file, to catch duplicates
     for i, frame in enumerate(data["frames"]):
         where = f"{path}: frame {i}"
         if not isinstance(frame, dict):
@@ -124,18 +141,29 @@ def parse_transforms(path: Path, split: str, root: Path) -> List[FrameRecord]:
             raise DatasetError(f"{where}: 'K' needs positive focal lengths")
         fov_x = frame.get("camera_angle_x", top_fov[0])
         fov_y = frame.get("camera_angle_y", top_fov[1])
+        fov_x = None if fov_x is None else real_number(fov_x, "camera_angle_x", where)
+        fov_y = None if fov_y is None else real_number(fov_y, "camera_angle_y", where)
         fov = None
         if K is None:
             if fov_x is None:
                 raise DatasetError(f"{where}: needs 'K' or 'camera_angle_x' (and "
                                    "'camera_angle_y'), per frame or at top level")
-            fov = (float(fov_x), None if fov_y is None else float(fov_y))
+            fov = (fov_x, fov_y)
             if not (0 < fov[0] < math.pi) or (fov[1] is not None and not 0 < fov[1] < math.pi):
                 raise DatasetError(f"{where}: camera angles must lie in (0, pi) radians")
         w, h = frame.get("w", data.get("w")), frame.get("h", data.get("h"))
-        size = None if w is None or h is None else (int(w), int(h))
+        w = None if w is None else image_side(w, "w", where)
+        h = None if h is None else image_side(h, "h", where)
+        size = None if w is None or h is None else (w, h)
+        camera_index = frame.get("camera_index")
+        if camera_index is not None:
+            view = (keyframe, camera_index)
+            if views.setdefault(view, file_path) != file_path:
+                raise DatasetError(f"{where}: keyframe {keyframe}, camera {camera_index} is "
+                                   f"listed twice with different images ({views[view]} and "
+                                   f"{file_path})")
         records.append(FrameRecord(split, keyframe, root / file_path, c2w, K, fov, size,
-                                   frame.get("camera_index")))
+                                   camera_index))
     return records
 
 

@@ -253,6 +253,8 @@ def test_empty_training_faces_are_allowed(data):
     ("keyframe", -1, "keyframe"), ("keyframe", "3", "keyframe"),
     ("transform_matrix", [[1, 0], [0, 1]], "4x4"), ("K", [[1, 0, 0]], "3x3"),
     ("transform_matrix", [[float("nan")] * 4] * 4, "NaN"),
+    ("w", "wide", "'w'"), ("h", 0, "'h'"), ("w", 40.5, "'w'"),
+    ("camera_angle_x", "wide", "camera_angle_x"), ("camera_angle_y", True, "camera_angle_y"),
 ])
 def test_bad_frame_fields(data, field, value, fragment):
     def edit(d):
@@ -290,3 +292,12 @@ def test_points3d_validation(tmp_path):
     (tmp_path / "junk.ply").write_bytes(b"not a ply")
     with pytest.raises(DatasetError, match="junk.ply"):
         read_points3d(tmp_path / "junk.ply", num_faces=4)
+
+
+def test_the_same_view_listed_twice_with_different_images(data):
+    def edit(d):
+        for f in d["frames"]:
+            f["camera_index"] = 0
+        d["frames"].append(dict(d["frames"][0], file_path="images/00001_00.png"))
+    edit_json(data / "transforms_train.json", edit)
+    expect_error(data, "transforms_train.json", "keyframe 0, camera 0", "listed twice")
