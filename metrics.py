@@ -34,12 +34,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import utils.threads  # noqa: F401 - before torch, which reads the OpenMP wait policy once
 import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from arguments import torch_device
+from arguments import add_threads_arg, set_threads, torch_device
 from utils.atomic import atomic_path
 from utils.image_metrics import PSNR_CAP_DB, masked_psnr, masked_ssim, psnr, ssim
 from utils.lpips import LPIPS, LpipsUnavailable, get_lpips
@@ -443,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --masks: read the label maps from DIR/<image stem>.png instead of the "
              "dataset's regions/ folder (implies --masks)",
     )
+    add_threads_arg(parser)
     return parser
 
 
@@ -454,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         device = torch_device(args.device)
     except ValueError as exc:
         parser.error(str(exc))
+    set_threads(args.threads)
     lpips_model = None if args.no_lpips else load_lpips_or_none(args.lpips_net, device)
     failed = 0
     for model_dir in args.model_paths:

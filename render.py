@@ -21,12 +21,13 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import utils.threads  # noqa: F401 - before torch, which reads the OpenMP wait policy once
 import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from arguments import load_config, torch_device
+from arguments import add_threads_arg, load_config, set_threads, torch_device
 from gaussian_renderer import render
 from scene import resolve_source
 from scene.binding import face_frames
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "<model>/export/keyframe_<K>.ply. Add --skip_train --skip_val "
                              "--skip_test to export without rendering")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    add_threads_arg(parser)
     parser.add_argument("--backend", choices=("auto", "torch", "cuda"), default="auto",
                         help="rasterizer backend")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -322,6 +324,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    set_threads(args.threads)
     splits = [s for s in SPLITS if not getattr(args, f"skip_{s}")]
     resolution = cfg.get("resolution", -1)
     try:

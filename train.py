@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import utils.threads  # noqa: F401 - before torch, which reads the OpenMP wait policy once
 from arguments import (DEFAULT_ITERATIONS, DEMO_ITERATIONS, add_model_args,
                        add_optimization_args, add_pipeline_args, model_path_for, torch_device)
 from scene import DEMO_SOURCE, builtin_variant

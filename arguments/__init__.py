@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
+import cv2
 import torch
 
 from scene import builtin_variant
@@ -209,7 +210,22 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", choices=("auto", "torch", "cuda"), default="auto",
                    help="rasterizer backend: auto picks the CUDA extension for CUDA tensors")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_threads_arg(g)
     g.add_argument("--quiet", action="store_true", help="print only errors")
+
+
+def add_threads_arg(group) -> None:
+    """--threads, shared by the commands."""
+    group.add_argument("--threads", type=positive_int, default=None,
+                       help="CPU threads for PyTorch and OpenCV (default: PyTorch's, one per "
+                            "core); with several jobs on one machine give each a share")
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply --threads (None: leave the libraries' defaults)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
 
 
 def model_path_for(args: argparse.Namespace) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from arguments import model_path_for, save_config
+from arguments import model_path_for, save_config, set_threads
 from gaussian_renderer import render
 from gaussian_renderer.crop import CropPlanner
 from scene import resolve_source
@@ -60,6 +60,7 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        set_threads(args.threads)
         self.device = torch.device(args.device)
         self.model_dir = model_path_for(args)
         self.log = (lambda *a: None) if args.quiet else print
