@@ -352,18 +352,60 @@ def test_lpips_matches_functional_reference(net, size, hub_dir, fake_weights) ->
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-7), (got, want)
 
 
-def test_lpips_missing_backbone_names_file(tmp_path, fake_weights: dict[str, str]) -> None:
+def test_lpips_missing_backbone_names_file(tmp_path, fake_weights: dict[str, str],
+                                           monkeypatch) -> None:
+    """Offline: the download fails in one line naming the file and its folder; with downloads
+    off, the message says how to get the file by hand."""
+    monkeypatch.setattr(lp, "BACKBONE_URL", (tmp_path / "no_server" / "{file}").as_uri())
     old = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "empty_hub"))
     try:
         with pytest.raises(lp.LpipsUnavailable) as info:
             _fake_model("alex", fake_weights)
+        with pytest.raises(lp.LpipsUnavailable) as offline:
+            lp.get_lpips("alex", "cpu", download=False,
+                         head_path=lp.head_weights_path("alex", fake_weights["heads"]))
     finally:
         torch.hub.set_dir(old)
+    checkpoints = os.path.join(str(tmp_path / "empty_hub"), "checkpoints")
     msg = str(info.value)
-    assert "alexnet-owt-7be5be79.pth" in msg
-    assert os.path.join(str(tmp_path / "empty_hub"), "checkpoints") in msg
+    assert "could not download" in msg and "alexnet-owt-7be5be79.pth" in msg
+    assert checkpoints in msg and "\n" not in msg
+    assert not os.listdir(checkpoints)                   # nothing half-written left behind
+    msg = str(offline.value)
+    assert "alexnet-owt-7be5be79.pth" in msg and checkpoints in msg
     assert "torchvision.models.alexnet(weights='DEFAULT')" in msg
+
+
+def test_lpips_backbone_is_downloaded_on_first_use_and_hash_checked(tmp_path, fake_weights,
+                                                                   monkeypatch) -> None:
+    """The backbone comes from the model server (here a local file URL) into the hub cache,
+    its SHA-256 checked against the prefix in its name, as torchvision names its files."""
+    import hashlib
+    server = tmp_path / "server"
+    server.mkdir()
+    gen = torch.Generator().manual_seed(5)
+    torch.save(_fake_backbone("alex", gen), server / "payload.pth")
+    digest = hashlib.sha256((server / "payload.pth").read_bytes()).hexdigest()
+    good, bad = f"alexnet-test-{digest[:8]}.pth", "alexnet-test-deadbeef.pth"
+    (server / "payload.pth").rename(server / good)
+    (server / bad).write_bytes((server / good).read_bytes())
+    monkeypatch.setattr(lp, "BACKBONE_URL", server.as_uri() + "/{file}")
+    heads = lp.head_weights_path("alex", fake_weights["heads"])
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        monkeypatch.setitem(lp.NETS["alex"], "backbone_file", bad)
+        with pytest.raises(lp.LpipsUnavailable, match="corrupt"):
+            lp.get_lpips("alex", "cpu", head_path=heads)
+        assert not (tmp_path / "hub" / "checkpoints" / bad).exists()
+        monkeypatch.setitem(lp.NETS["alex"], "backbone_file", good)
+        model = lp.get_lpips("alex", "cpu", head_path=heads)
+        assert (tmp_path / "hub" / "checkpoints" / good).is_file()
+        x = smooth_image(3, h=32, w=32)
+        assert float(model(x, x)) == 0.0 and float(model(x, x.flip(2))) > 0
+    finally:
+        torch.hub.set_dir(old)
 
 
 def test_lpips_missing_or_bad_head_file(tmp_path, hub_dir: str, monkeypatch) -> None:

@@ -11,8 +11,10 @@ a CUDA build whose import fails on CPU-only installs. The metric itself only nee
   * the learned 1x1 linear heads, read from the weight files that ship inside the `lpips`
     package (`lpips/weights/v0.1/{alex,vgg}.pth`), located without importing the package.
 
-Nothing is ever downloaded. A missing file raises `LpipsUnavailable` naming the file, the
-folder it belongs in, and how to get it.
+The backbone is fetched on first use, as the `lpips` package (through torchvision) does: from
+PyTorch's model server into the hub cache, its SHA-256 checked against the prefix in the file name,
+with a progress bar. Without a network, or for a missing head file, `LpipsUnavailable` says in one
+message which file is missing, the folder it belongs in, and how to get it.
 
 Distance, for images x, y in [0, 1]:
   1. map to [-1, 1] (2x - 1), then the LPIPS scaling layer ((v - shift) / scale), which turns
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import urllib.error
 
 import torch
 import torch.nn as nn
@@ -34,7 +38,9 @@ __all__ = [
     "LpipsUnavailable",
     "LPIPS",
     "NETS",
+    "BACKBONE_URL",
     "backbone_checkpoint_path",
+    "fetch_backbone",
     "lpips_weights_dir",
     "head_weights_path",
     "get_lpips",
@@ -87,6 +93,10 @@ NETS: dict[str, dict] = {
         "channels": (64, 128, 256, 512, 512),
     },
 }
+
+#: Where torchvision's ImageNet checkpoints are served (``{file}``: the backbone file name).
+BACKBONE_URL = "https://download.pytorch.org/models/{file}"
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")   # torchvision's names end in -<sha256 prefix>
 
 _SHIFT = (-0.030, -0.088, -0.188)
 _SCALE = (0.458, 0.448, 0.450)
@@ -143,6 +153,28 @@ def _missing_backbone_message(net: str, path: str) -> str:
         f"(by default ~/.cache/torch/hub/checkpoints/) into {folder}, or download "
         f"https://download.pytorch.org/models/{fname} there."
     )
+
+
+def fetch_backbone(net: str, path: str | None = None, progress: bool = True) -> str:
+    """Download ``net``'s ImageNet backbone to ``path`` (default: the hub cache), check its
+    SHA-256 prefix, and return the path; ``LpipsUnavailable`` (one line) when that fails."""
+    spec = _check_net(net)
+    dest = path if path is not None else backbone_checkpoint_path(net)
+    url = BACKBONE_URL.format(file=spec["backbone_file"])
+    match = _HASH_IN_NAME.search(spec["backbone_file"])
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, dest, hash_prefix=match.group(1) if match else None,
+                                       progress=progress)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise LpipsUnavailable(
+            f"could not download {url} ({reason}); without a network, put {spec['backbone_file']} "
+            f"into {os.path.dirname(dest)} to get LPIPS") from None
+    except RuntimeError as exc:   # torch.hub's hash check
+        raise LpipsUnavailable(f"the download of {url} is corrupt ({exc}); nothing was kept") \
+            from None
+    return dest
 
 
 def _missing_head_message(net: str, path: str) -> str:
@@ -303,16 +335,21 @@ def get_lpips(
     device: torch.device | str = "cpu",
     backbone_path: str | None = None,
     head_path: str | None = None,
+    download: bool = True,
 ) -> LPIPS:
     """A loaded, frozen LPIPS model on `device`, cached per (net, device, weight files).
 
-    Raises LpipsUnavailable when a weight file is missing. Paths default to the torch hub
-    cache (backbone) and the installed lpips package (heads); tests inject their own.
+    Paths default to the torch hub cache (backbone) and the installed lpips package (heads);
+    tests inject their own. A backbone missing from the hub cache is downloaded there first
+    (unless ``download`` is False). Raises LpipsUnavailable when a weight file is missing or
+    cannot be fetched.
     """
     _check_net(net)
     dev = torch.device(device)
     bp = backbone_path if backbone_path is not None else backbone_checkpoint_path(net)
     hp = head_path if head_path is not None else head_weights_path(net)
+    if download and backbone_path is None and not os.path.isfile(bp) and os.path.isfile(hp):
+        fetch_backbone(net, bp)
     key = (net, str(dev), os.path.abspath(bp), os.path.abspath(hp))
     model = _CACHE.get(key)
     if model is None:
