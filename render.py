@@ -1,7 +1,7 @@
 """Render a trained STGA model over every split of its dataset, next to the ground truth.
 
     python render.py -m <model folder> [--iteration N] [--skip_train] [--skip_val] [--skip_test]
-                     [--video [--fps F]] [--orbit N [--orbit_frame K]] [--export_ply K [K ...]]
+                     [--video [--fps F]] [--orbit N [--orbit_frame K]] [--export_ply K [K ...] | all]
 
 Writes ``<model>/<split>/ours_<iteration>/renders/<image name>.png`` and ``.../gt/...``, which
 metrics.py then scores. With ``--video``, also one mp4 per camera of each split in
@@ -9,7 +9,8 @@ metrics.py then scores. With ``--video``, also one mp4 per camera of each split 
 order, render on the left and ground truth on the right. ``--orbit N`` renders N views on a circle
 around the head at one keyframe into ``<model>/orbit_<iteration>/`` (orbit.mp4 and frames/*.png).
 ``--export_ply K`` writes the avatar posed at keyframe K as a plain 3DGS PLY for Gaussian-splat
-viewers, ``<model>/export/keyframe_<K>.ply``.
+viewers, ``<model>/export/keyframe_<K>.ply``; ``--export_ply all`` every keyframe, with
+``export/index.json``.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from scene.binding import face_frames
 from scene.cameras import Camera
 from scene.dataset import SPLITS, StgaDataset, load_dataset, load_split_pixels
 from scene.errors import DatasetError
-from scene.export import export_path, export_splat_ply
+from scene.export import export_path, export_splat_ply, write_export_index
 from scene.gaussian_model import GaussianModel
 from utils.atomic import atomic_path
 
@@ -75,12 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--orbit_frame", type=int, default=None, metavar="KEYFRAME",
                         help="keyframe whose mesh poses the avatar for --orbit (default: the "
                              "first training keyframe, the pose of the saved PLY)")
-    parser.add_argument("--export_ply", type=int, nargs="+", default=None, metavar="KEYFRAME",
+    parser.add_argument("--export_ply", type=keyframe_or_all, nargs="+", default=None,
+                        metavar="KEYFRAME",
                         help="write the avatar posed at each KEYFRAME as a plain 3DGS PLY (world "
-                             "x y z, zero normals, f_dc/f_rest, opacity logit, log scale, unit "
-                             "rotation; no STGA fields) for Gaussian-splat viewers, into "
-                             "<model>/export/keyframe_<K>.ply. Add --skip_train --skip_val "
-                             "--skip_test to export without rendering")
+                             "x y z, zero normals, f_dc and all 45 f_rest (zero beyond the "
+                             "trained degree), opacity logit, log scale, unit rotation; no STGA "
+                             "fields) for Gaussian-splat viewers, into "
+                             "<model>/export/keyframe_<K>.ply; 'all' exports every keyframe of the "
+                             "sequence and writes export/index.json (keyframes and files in "
+                             "order). Add --skip_train --skip_val --skip_test to export without "
+                             "rendering")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     add_threads_arg(parser)
     parser.add_argument("--backend", choices=("auto", "torch", "cuda"), default="auto",
@@ -236,6 +241,17 @@ def orbit_cameras(dataset: StgaDataset, keyframe: int, count: int) -> List[Camer
 
 
 # --- the command -------------------------------------------------------------------------------
+def keyframe_or_all(text: str):
+    """argparse type of --export_ply: a keyframe number or 'all'."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a keyframe number or 'all', got {text!r}") \
+            from None
+
+
 def check_keyframe(dataset: StgaDataset, keyframe: int, flag: str) -> None:
     if keyframe not in dataset.keyframes:
         ks = dataset.keyframes
@@ -339,7 +355,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             orbit_frame = dataset.splits["train"][0].keyframe
         if args.orbit:
             check_keyframe(dataset, orbit_frame, "--orbit_frame")
-        for keyframe in args.export_ply or []:
+        exports = list(args.export_ply or [])
+        whole_sequence = "all" in exports
+        if whole_sequence:
+            exports = sorted(dataset.keyframes)
+        for keyframe in exports:
             check_keyframe(dataset, keyframe, "--export_ply")
         if args.video and not splits:
             print("note: --video makes videos of the rendered splits, and every split is skipped",
@@ -348,10 +368,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         background = torch.tensor([1.0] * 3 if cfg.get("white_background") else [0.0] * 3,
                                   device=device)
         with torch.no_grad():
-            for keyframe in args.export_ply or []:
+            written = {}
+            for keyframe in tqdm(exports, desc="Exporting", disable=args.quiet or
+                                 len(exports) < 2):
                 frames = face_frames(meshes[dataset.mesh_row(keyframe)])
-                path = export_splat_ply(model, frames, export_path(model_dir, keyframe))
+                written[keyframe] = export_splat_ply(model, frames,
+                                                     export_path(model_dir, keyframe))
+            if whole_sequence:
+                index = write_export_index(model_dir, written, exports)
                 if not args.quiet:
+                    print(f"export: {len(written)} keyframes, index {index}")
+            elif not args.quiet:
+                for keyframe, path in written.items():
                     print(f"export: keyframe {keyframe} -> {path}")
             render_splits(model, dataset, meshes, background, model_dir, iteration, splits,
                           args, resolution)

@@ -184,8 +184,9 @@ def test_export_is_a_plain_3dgs_ply_of_the_posed_model(full_render):
     loaded.load_ply(model / "point_cloud" / f"iteration_{ITERATIONS}" / "point_cloud.ply",
                     dataset.num_faces, torch.device("cpu"))
     n_rest = 3 * ((loaded.max_sh_degree + 1) ** 2 - 1)
+    assert n_rest < 45                     # the tiny model is trained below SH degree 3
     expected = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
-                + [f"f_rest_{i}" for i in range(n_rest)]
+                + [f"f_rest_{i}" for i in range(45)]
                 + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
     assert [p.name for p in v.properties] == expected
     assert all(p.val_dtype in ("f4", "float32") for p in v.properties)
@@ -207,14 +208,38 @@ def test_export_is_a_plain_3dgs_ply_of_the_posed_model(full_render):
     assert not np.any(column("nx", "ny", "nz"))
     np.testing.assert_allclose(column("f_dc_0", "f_dc_1", "f_dc_2"),
                                loaded.params["f_dc"].detach().numpy()[:, 0], atol=0)
-    # 3DGS's channel-major f_rest: all red coefficients, then green, then blue
+    # 3DGS's channel-major f_rest: all 15 red coefficients, then green, then blue; the trained
+    # ones first in each block, zeros for the degrees the model does not have
     rest = loaded.params["f_rest"].detach().numpy()
-    np.testing.assert_array_equal(np.asarray(v["f_rest_1"]), rest[:, 1, 0])
-    np.testing.assert_array_equal(np.asarray(v[f"f_rest_{n_rest // 3}"]), rest[:, 0, 1])
+    per = n_rest // 3
+    for c in range(3):
+        for k in range(15):
+            got = np.asarray(v[f"f_rest_{15 * c + k}"])
+            if k < per:
+                np.testing.assert_array_equal(got, rest[:, k, c])
+            else:
+                assert not got.any()
     # a keyframe other than the saved reference really is posed differently
     reference = PlyData.read(str(model / "point_cloud" / f"iteration_{ITERATIONS}" /
                                  "point_cloud.ply"))["vertex"]
     assert not np.allclose(np.asarray(reference["x"]), np.asarray(v["x"]))
+
+
+def test_export_of_a_whole_sequence_writes_every_keyframe_and_an_index(model_copy, tiny_model):
+    data, _ = tiny_model
+    assert render.main(["-m", str(model_copy), "--quiet", "--device", "cpu", "--skip_train",
+                        "--skip_val", "--skip_test", "--export_ply", "all"]) == 0
+    keyframes = load_dataset(data, load_pixels=False, quiet=True).keyframes
+    index = json.loads((model_copy / "export" / "index.json").read_text())
+    assert [e["keyframe"] for e in index["frames"]] == sorted(keyframes)
+    for entry in index["frames"]:
+        assert (model_copy / "export" / entry["file"]).is_file()
+    first, last = (PlyData.read(str(model_copy / "export" / index["frames"][i]["file"]))
+                   ["vertex"] for i in (0, -1))
+    assert not np.allclose(np.asarray(first["x"]), np.asarray(last["x"]))   # posed per keyframe
+    with pytest.raises(SystemExit) as info:
+        render.main(["-m", str(model_copy), "--export_ply", "everything"])
+    assert info.value.code == 2
 
 
 def test_export_only_and_bad_keyframes(model_copy, tiny_model, capsys):
