@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import utils.threads  # noqa: F401 - before torch, which reads the OpenMP wait policy once
 import cv2
+import imageio_ffmpeg
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -39,7 +40,7 @@ from scene.export import export_path, export_splat_ply, write_export_index
 from scene.gaussian_model import GaussianModel
 from utils.atomic import atomic_path
 
-VIDEO_FOURCC = "mp4v"
+VIDEO_CODEC = "libx264"
 
 
 class RenderError(RuntimeError):
@@ -130,38 +131,51 @@ def pad_even(rgb: np.ndarray, fill: Sequence[int] = (0, 0, 0)) -> np.ndarray:
 
 
 class VideoFile:
-    """An mp4 (fourcc mp4v) written frame by frame through cv2.VideoWriter.
+    """An H.264 (yuv420p) mp4 written frame by frame, which browsers and players play.
 
-    Frames go to a temporary file beside the target, renamed into place by ``close``, so an
-    interrupted run never leaves a truncated video under the final name. The writer opens on the
-    first frame (its size fixes the video's); odd sizes are padded to even ones with ``fill``.
+    Encoded by the ffmpeg binary that the ``imageio-ffmpeg`` package ships (OpenCV's writers offer
+    only ``mp4v``, which browsers do not play). Frames go to a temporary file beside the target,
+    renamed into place by ``close``, so an interrupted run never leaves a truncated video under
+    the final name. The encoder starts on the first frame (its size fixes the video's); odd sizes
+    are padded to even ones (yuv420p needs them) with ``fill``.
     """
 
-    def __init__(self, path: Path, fps: float, fill: Sequence[int] = (0, 0, 0)):
+    def __init__(self, path: Path, fps: float, fill: Sequence[int] = (0, 0, 0), crf: int = 18):
         self.path = Path(path)
         self.fps = fps
         self.fill = fill
+        self.crf = crf
         self.size: Optional[Tuple[int, int]] = None  # (width, height) after padding
         self.frames = 0
         self._writer = None
         self._atomic = atomic_path(self.path)
         self._tmp: Optional[Path] = None
 
+    def _open(self) -> None:
+        try:
+            self._writer = imageio_ffmpeg.write_frames(
+                str(self._tmp), self.size, fps=float(self.fps), codec=VIDEO_CODEC,
+                pix_fmt_in="rgb24", pix_fmt_out="yuv420p", macro_block_size=2,
+                output_params=["-crf", str(self.crf), "-movflags", "+faststart"],
+                ffmpeg_log_level="error")
+            self._writer.send(None)
+        except (OSError, RuntimeError) as exc:
+            raise RenderError(
+                f"{self.path}: could not start the H.264 encoder ({VIDEO_CODEC}, {self.size[0]}x"
+                f"{self.size[1]}, {self.fps:g} fps): {exc}") from None
+
     def write(self, rgb: np.ndarray) -> None:
         frame = pad_even(rgb, self.fill)
         if self._writer is None:
             self.size = (frame.shape[1], frame.shape[0])
-            self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*VIDEO_FOURCC),
-                                           float(self.fps), self.size)
-            if not self._writer.isOpened():
-                raise RenderError(
-                    f"{self.path}: OpenCV could not open a video writer (codec {VIDEO_FOURCC}, "
-                    f"{self.size[0]}x{self.size[1]}, {self.fps:g} fps); this OpenCV build may lack "
-                    f"an MPEG-4 encoder (try opencv-python-headless from PyPI)")
+            self._open()
         elif (frame.shape[1], frame.shape[0]) != self.size:
             raise RenderError(f"{self.path}: frame of {frame.shape[1]}x{frame.shape[0]} in a "
                               f"video of {self.size[0]}x{self.size[1]}")
-        self._writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
+        try:
+            self._writer.send(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
+        except (OSError, RuntimeError) as exc:
+            raise RenderError(f"{self.path}: the H.264 encoder failed: {exc}") from None
         self.frames += 1
 
     def __enter__(self) -> "VideoFile":
@@ -169,12 +183,18 @@ class VideoFile:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        failure = None
         if self._writer is not None:
-            self._writer.release()
-        if exc_type is None and (self._writer is None or self._tmp.stat().st_size == 0):
-            exc = RenderError(f"{self.path}: the video writer produced no file")
-            self._atomic.__exit__(type(exc), exc, None)
-            raise exc
+            try:
+                self._writer.close()          # flushes the encoder and waits for it
+            except (OSError, RuntimeError) as close_exc:
+                failure = RenderError(f"{self.path}: the H.264 encoder failed: {close_exc}")
+        if exc_type is None and failure is None and (
+                self._writer is None or self._tmp.stat().st_size == 0):
+            failure = RenderError(f"{self.path}: the video writer produced no file")
+        if exc_type is None and failure is not None:
+            self._atomic.__exit__(RenderError, failure, None)   # drops the temporary file
+            raise failure
         self._atomic.__exit__(exc_type, exc, tb)
 
 

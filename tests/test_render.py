@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import cv2
+import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
@@ -59,6 +60,9 @@ def stem(frame: dict) -> str:
 
 
 def read_video(path: Path) -> list:
+    """The frames of an mp4, checked to be H.264 in yuv420p (what browsers play)."""
+    meta = next(imageio_ffmpeg.read_frames(str(path)))
+    assert meta["codec"] == "h264" and meta["pix_fmt"].startswith("yuv420p"), meta
     cap = cv2.VideoCapture(str(path))
     assert cap.isOpened(), path
     frames = []
@@ -255,22 +259,27 @@ def test_export_only_and_bad_keyframes(model_copy, tiny_model, capsys):
         assert f"{flag[-2]} 999" in err and "no mesh" in err and str(data) in err
 
 
-def test_video_writer_that_cannot_open_fails_clearly(tmp_path, monkeypatch):
-    class Closed:
-        def __init__(self, *args):
-            pass
+def test_video_writer_that_cannot_start_fails_clearly(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("no encoder here")
 
-        def isOpened(self):
-            return False
+    monkeypatch.setattr(render.imageio_ffmpeg, "write_frames", broken)
+    with pytest.raises(render.RenderError, match=r"v\.mp4.*H\.264 encoder.*no encoder here"):
+        with render.VideoFile(tmp_path / "v.mp4", 25.0) as video:
+            video.write(np.zeros((4, 4, 3), np.uint8))
+    assert not list(tmp_path.iterdir())              # no temporary file left behind
 
-        def release(self):
-            pass
 
-    monkeypatch.setattr(render.cv2, "VideoWriter", Closed)
-    video = render.VideoFile(tmp_path / "v.mp4", 25.0)
-    with pytest.raises(render.RenderError, match=r"v\.mp4.*mp4v"):
-        video.write(np.zeros((4, 4, 3), np.uint8))
-    assert not list(tmp_path.iterdir())
+def test_videos_are_h264_that_browsers_play_with_odd_sizes_padded(tmp_path):
+    frames = [np.full((31, 45, 3), 40 * i, np.uint8) for i in range(5)]
+    with render.VideoFile(tmp_path / "v.mp4", 10.0, fill=(255, 255, 255)) as video:
+        for f in frames:
+            video.write(f)
+    got = read_video(tmp_path / "v.mp4")
+    assert len(got) == 5 and got[0].shape == (32, 46, 3)
+    for f, g in zip(frames, got):
+        assert np.abs(g[:31, :45] - f).mean() < 3.0
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
 
 
 def test_pad_even_and_camera_groups_without_index(tiny_model):
