@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from arguments import add_threads_arg, set_threads, torch_device
+from arguments import add_threads_arg, check_output_folder, set_threads, torch_device
 from utils.atomic import atomic_path
 from utils.image_metrics import PSNR_CAP_DB, masked_psnr, masked_ssim, psnr, ssim
 from utils.lpips import LPIPS, LpipsUnavailable, get_lpips
@@ -285,6 +285,11 @@ def evaluate_model(
     the model's dataset; when there are no region maps it says so on stderr and scores the rest.
     """
     dev = torch_device(None) if device is None else torch.device(device)
+    if write:
+        try:
+            check_output_folder(Path(model_dir))  # results.json and per_view.json go into it
+        except ValueError as exc:
+            raise MetricsError(str(exc)) from None
     splits = find_splits(model_dir)
     if not splits:
         raise MetricsError(

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from arguments import add_threads_arg, load_config, set_threads, torch_device
+from arguments import (add_threads_arg, check_output_folder, load_config, set_threads,
+                       torch_device)
 from gaussian_renderer import render
 from scene import resolve_source
 from scene.binding import face_frames
@@ -38,7 +39,7 @@ from scene.dataset import SPLITS, StgaDataset, load_dataset, load_split_pixels
 from scene.errors import DatasetError
 from scene.export import export_path, export_splat_ply, write_export_index
 from scene.gaussian_model import GaussianModel
-from utils.atomic import atomic_path
+from utils.atomic import DiskFullError, atomic_folder, atomic_path
 
 VIDEO_CODEC = "libx264"
 
@@ -289,22 +290,27 @@ def render_splits(model: GaussianModel, dataset: StgaDataset, meshes: torch.Tens
             continue
         load_split_pixels(dataset, split, resolution, args.quiet)
         out = out_root / split / f"ours_{iteration}"
-        (out / "renders").mkdir(parents=True, exist_ok=True)
-        (out / "gt").mkdir(parents=True, exist_ok=True)
         groups = camera_groups(cameras) if args.video else [("", list(cameras))]
         bar = tqdm(total=len(cameras), desc=f"Rendering {split}", disable=args.quiet, unit="img")
-        for name, cams in groups:
-            target = VideoFile(out / "videos" / f"{name}.mp4", args.fps, fill) if name else None
-            with target or contextlib.nullcontext() as video:
-                for cam in cams:
-                    world = model.world(face_frames(meshes[dataset.mesh_row(cam.keyframe)]))
-                    image = to_uint8(render(cam, world, background, backend=args.backend)["render"])
-                    gt = to_uint8(cam.gt_image(background))
-                    write_png(out / "renders" / f"{cam.image_name}.png", image)
-                    write_png(out / "gt" / f"{cam.image_name}.png", gt)
-                    if video is not None:
-                        video.write(np.concatenate([image, gt], axis=1))
-                    bar.update()
+        # written beside, then swapped in whole: an interrupted or failed render (a full disk)
+        # leaves the previous folder as it was, never half of a new one
+        with atomic_folder(out, overwrite=True) as tmp:
+            (tmp / "renders").mkdir()
+            (tmp / "gt").mkdir()
+            for name, cams in groups:
+                target = VideoFile(tmp / "videos" / f"{name}.mp4", args.fps, fill) \
+                    if name else None
+                with target or contextlib.nullcontext() as video:
+                    for cam in cams:
+                        world = model.world(face_frames(meshes[dataset.mesh_row(cam.keyframe)]))
+                        image = to_uint8(render(cam, world, background,
+                                                backend=args.backend)["render"])
+                        gt = to_uint8(cam.gt_image(background))
+                        write_png(tmp / "renders" / f"{cam.image_name}.png", image)
+                        write_png(tmp / "gt" / f"{cam.image_name}.png", gt)
+                        if video is not None:
+                            video.write(np.concatenate([image, gt], axis=1))
+                        bar.update()
         bar.close()
         for cam in cameras:
             cam.image = None  # free the split's pixels before the next one
@@ -339,6 +345,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     model_dir = Path(args.model_path)
     try:
         cfg = load_config(model_dir)
+        check_output_folder(model_dir)           # renders, videos and exports go into it
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -347,8 +354,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     iterations = saved_iterations(model_dir)
     if not iterations:
-        print(f"error: {model_dir / 'point_cloud'} holds no saved model; train first",
-              file=sys.stderr)
+        checkpoints = sorted(model_dir.glob("chkpnt*.pth"), key=lambda p: p.stat().st_mtime)
+        if checkpoints:
+            latest = checkpoints[-1]
+            print(f"error: {model_dir} holds no saved model, only the checkpoint {latest.name} of "
+                  f"an interrupted training; resume it with `python train.py -s "
+                  f"{cfg.get('source_path')} -m {model_dir} --start_checkpoint {latest}`",
+                  file=sys.stderr)
+        else:
+            print(f"error: {model_dir / 'point_cloud'} holds no saved model; train first",
+                  file=sys.stderr)
         return 2
     iteration = iterations[-1] if args.iteration == -1 else args.iteration
     if iteration not in iterations:
@@ -406,7 +421,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.orbit:
                 render_orbit(model, dataset, meshes, background,
                              model_dir / f"orbit_{iteration}", orbit_frame, args)
-    except (DatasetError, RenderError) as exc:
+    except (DatasetError, RenderError, DiskFullError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

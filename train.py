@@ -15,11 +15,12 @@ from typing import List, Optional
 
 import utils.threads  # noqa: F401 - before torch, which reads the OpenMP wait policy once
 from arguments import (DEFAULT_ITERATIONS, DEMO_ITERATIONS, add_model_args,
-                       add_optimization_args, add_pipeline_args, model_path_for, torch_device)
+                       add_optimization_args, add_pipeline_args, check_output_folder, model_path_for,
+                       torch_device)
 from scene import DEMO_SOURCE, builtin_variant
 from scene.errors import DatasetError
 from training.lock import FolderLock, FolderLockedError
-from training.trainer import Trainer
+from training.trainer import OutputSpaceError, Trainer
 
 __all__ = ["Trainer", "DatasetError", "build_parser", "resolve_defaults", "main"]
 
@@ -76,9 +77,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as exc:   # a usage error found after parsing (e.g. no CUDA for --device)
         parser.error(str(exc))
     try:
+        check_output_folder(model_path_for(args))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         with FolderLock(model_path_for(args)):   # one training per model folder
             Trainer(args).run()
-    except (DatasetError, FolderLockedError) as exc:
+    except (DatasetError, FolderLockedError, OutputSpaceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

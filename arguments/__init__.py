@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict
 
@@ -35,6 +36,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (a clear usage error otherwise)."""
+    value = float(text)
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
     return value
 
 
@@ -209,6 +218,10 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
                         "free GPU memory")
     g.add_argument("--backend", choices=("auto", "torch", "cuda"), default="auto",
                    help="rasterizer backend: auto picks the CUDA extension for CUDA tensors")
+    g.add_argument("--fused", choices=("auto", "off"), default="auto",
+                   help="the fused CUDA training kernels (loss, selective Adam, posing): auto "
+                        "uses them on a GPU when they build; off uses the equivalent PyTorch "
+                        "operations (for A/B comparisons)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_threads_arg(g)
     g.add_argument("--quiet", action="store_true", help="print only errors")
@@ -236,6 +249,23 @@ def model_path_for(args: argparse.Namespace) -> Path:
     else:
         name = Path(args.source_path).resolve().name
     return Path("output") / name
+
+
+def check_output_folder(path: Path) -> None:
+    """ValueError (one line) unless ``path`` is, or can be created as, a folder this process can
+    write: the commands check their model folder before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: exists and is not a folder; choose another -m")
+    existing = path
+    while not existing.exists():       # the first ancestor that exists decides
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{path}: cannot be created, {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "is" if existing == path else f"cannot be created: {existing} is"
+        raise ValueError(f"{path}: {where} not writable; choose another -m or fix its "
+                         f"permissions")
 
 
 def save_config(model_dir: Path, args: argparse.Namespace) -> None:

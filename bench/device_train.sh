@@ -46,9 +46,9 @@ print(ensure_head_dataset('large'), f'{time.perf_counter() - t:.1f} s in the gen
       say "demo with and without the fused kernels"
       for fused in 1 0; do
         name=/tmp/gpu_demo_fused$fused
-        [ $fused = 0 ] && export STGA_NO_FUSED=1
-        /usr/bin/time -f "wall %e s" python3 train.py -s demo -m $name > "$name.txt" 2>&1
-        unset STGA_NO_FUSED
+        flag=auto; [ $fused = 0 ] && flag=off
+        /usr/bin/time -f "wall %e s" python3 train.py -s demo -m $name --fused $flag \
+          > "$name.txt" 2>&1
         echo "fused kernels: $fused"; tr '\r' '\n' < "$name.txt" | grep -E "PSNR|wall|done"
       done ;;
     run50k)

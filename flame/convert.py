@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from arguments import non_negative_float, non_negative_int, positive_int
 from flame.model import FlameLayer
 from flame.model_file import FlameModelError, load_flame_model
 from flame.params import FlameParams, read_flame_params
@@ -643,19 +644,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", choices=sorted(BACKGROUNDS), default="white",
                    help="colour the images are composited onto with their foreground masks "
                         "(default white, GaussianAvatars' protocol; train with -w to match)")
-    p.add_argument("--points_per_face", type=int, default=DEFAULT_POINTS_PER_FACE, metavar="N",
+    p.add_argument("--points_per_face", type=positive_int, default=DEFAULT_POINTS_PER_FACE,
+                   metavar="N",
                    help="initial Gaussians per face written to points3d.ply, at random points "
                         f"of the first training mesh, grey (default {DEFAULT_POINTS_PER_FACE})")
-    p.add_argument("--tau", type=float, default=None,
+    p.add_argument("--tau", type=non_negative_float, default=None,
                    help="selection threshold: a face trains at a timestep when it moves at least "
                         f"this far from the neutral frame after head pose is removed, in metres "
                         f"(default {DEFAULT_TAU}, the selection module's)")
-    p.add_argument("--dilate", type=int, default=None,
+    p.add_argument("--dilate", type=non_negative_int, default=None,
                    help="selection: rings of neighbouring faces added around the selected ones "
                         f"(default {DEFAULT_DILATE}; 0 turns growing off)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the initial point positions (default 0)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="threads compositing images (default: CPU count, at most 8)")
     p.add_argument("--force", action="store_true",
                    help="rewrite every output even when it is up to date")

@@ -1,4 +1,6 @@
-"""Command line: ``python -m selection <data_dir>`` writes ``training_faces/XXXX.npy``."""
+"""Command line: ``python -m selection <data_dir>`` (from the repository's root) or
+``python <repository>/selection <data_dir>`` (from any folder) writes
+``training_faces/XXXX.npy``."""
 from __future__ import annotations
 
 import argparse
@@ -7,12 +9,15 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
+if not __package__:   # run as ``python <repository>/selection``: the repository is the root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scene.errors import DatasetError
-from scene.meshes import load_mesh_sequence
-from selection.core import DEFAULT_DILATE, DEFAULT_KEEP, DEFAULT_TAU, compute_selection
-from utils.atomic import atomic_path
+import numpy as np  # noqa: E402
+
+from scene.errors import DatasetError  # noqa: E402
+from scene.meshes import load_mesh_sequence  # noqa: E402
+from selection.core import DEFAULT_DILATE, DEFAULT_KEEP, DEFAULT_TAU, compute_selection  # noqa
+from utils.atomic import atomic_path  # noqa: E402
 
 FACES_DIR = "training_faces"
 

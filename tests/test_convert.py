@@ -230,6 +230,18 @@ def test_bad_input_is_reported_by_name_with_exit_status_2(tmp_path, ga, flame_fi
     assert str(missing) in err and "flame.is.tue.mpg.de" in err
 
 
+@pytest.mark.parametrize("flag, value", [("--points_per_face", "0"), ("--tau", "-1"),
+                                         ("--dilate", "-2"), ("--workers", "0")])
+def test_bad_options_are_refused_before_any_work(tmp_path, ga, flame_file, capsys, flag, value):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main([str(ga), str(out), "--flame_model", str(flame_file), "--quiet", flag, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and "Traceback" not in err
+    assert not out.exists()                 # nothing written: meshes and images come later
+
+
 def test_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

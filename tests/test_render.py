@@ -298,3 +298,28 @@ def test_pad_even_and_camera_groups_without_index(tiny_model):
     assert [[c.uid for c in g] for _, g in by_pose] == [[c.uid for c in g] for _, g in by_index]
     for _, group in by_pose:
         assert [c.keyframe for c in group] == sorted(c.keyframe for c in group)
+
+
+def test_a_failed_render_leaves_the_previous_split_folder_whole(model_copy, monkeypatch, capsys):
+    """Each split's ours_<iteration> folder is written beside and swapped in whole: a render
+    that dies half-way (here: a full disk at the third image) leaves the previous one as it was
+    and no temporary folder."""
+    import errno
+    argv = ["-m", str(model_copy), "--quiet", "--device", "cpu", "--skip_train", "--skip_val"]
+    assert render.main(argv) == 0
+    split = next((model_copy / "test").iterdir())
+    before = sorted(p.relative_to(split) for p in split.rglob("*"))
+    real = render.write_png
+    calls = []
+
+    def dies(path, rgb):
+        calls.append(path)
+        if len(calls) == 3:
+            raise render.DiskFullError(errno.ENOSPC, f"{path}: the disk is full")
+        real(path, rgb)
+
+    monkeypatch.setattr(render, "write_png", dies)
+    assert render.main(argv) == 2                 # one line, no traceback
+    assert "the disk is full" in capsys.readouterr().err
+    assert sorted(p.relative_to(split) for p in split.rglob("*")) == before
+    assert [p.name for p in (model_copy / "test").iterdir()] == [split.name]

@@ -275,3 +275,15 @@ def test_cli_help_explains_every_flag():
                          text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
     for flag in ("--tau", "--dilate", "--reference", "--dry_run", "--keep", "data_dir"):
         assert flag in out
+
+
+def test_the_command_runs_from_any_folder(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_dataset(data, [0, 1, 2])
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "selection"), str(data)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (data / "training_faces").iterdir()) == \
+        ["0000.npy", "0001.npy", "0002.npy"]

@@ -489,3 +489,104 @@ def test_commands_wait_passively_unless_told_and_take_a_thread_count(tiny_head, 
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_fused_kernels_are_an_option_not_an_environment_switch(tiny_head, tmp_path):
+    from utils import fused
+    before = fused.enabled()
+    try:
+        trainer(tiny_head, tmp_path / "a", "--fused", "off")
+        assert not fused.enabled() and not fused.available()
+        trainer(tiny_head, tmp_path / "b")
+        assert fused.enabled() == fused.ENVIRONMENT_ALLOWS
+        with fused.disabled():
+            assert not fused.available()
+        assert fused.enabled() == fused.ENVIRONMENT_ALLOWS
+    finally:
+        fused.set_enabled(before)
+
+
+def test_a_model_folder_that_is_a_file_or_read_only_is_a_one_line_error(tiny_head, tmp_path,
+                                                                       capsys, monkeypatch):
+    a_file = tmp_path / "model.txt"
+    a_file.write_text("not a folder")
+    base = ["-s", str(tiny_head), "--quiet", "--device", "cpu"]
+    assert train.main([*base, "-m", str(a_file)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert train.main([*base, "-m", str(a_file / "sub")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked
+                        else real(p, mode))           # as if read-only (root ignores modes)
+    assert train.main([*base, "-m", str(locked)]) == 2
+    assert f"{locked}: is not writable" in capsys.readouterr().err
+    (locked / "cfg_args.json").write_text(json.dumps({"source_path": str(tiny_head)}))
+    assert render.main(["-m", str(locked), "--quiet"]) == 2
+    assert "not writable" in capsys.readouterr().err
+    assert metrics.main(["-m", str(locked), "--no_lpips", "--quiet"]) == 1
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_render_after_an_interrupted_training_says_how_to_resume(tiny_head, tmp_path, capsys):
+    t = trainer(tiny_head, tmp_path / "m", "--iterations", "3", "--sh_degree", "0",
+                "--test_iterations", "-1")
+    from arguments import save_config
+    save_config(t.model_dir, t.args)
+    t.save_checkpoint(2)                       # what Ctrl-C leaves: options and a checkpoint
+    assert render.main(["-m", str(tmp_path / "m"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "only the checkpoint chkpnt2.pth" in err and "--start_checkpoint" in err
+    assert str(tiny_head) in err
+
+
+def test_too_little_free_space_is_refused_at_start(tiny_head, tmp_path, capsys, monkeypatch):
+    import shutil as shutil_module
+    from collections import namedtuple
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    assert train.main(["-s", str(tiny_head), "-m", str(tmp_path / "m"), "--quiet",
+                       "--device", "cpu", "--iterations", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "MiB free" in err and "--save_iterations" in err
+    assert not (tmp_path / "m" / "cfg_args.json").exists()
+
+
+def test_a_full_disk_stops_the_run_with_its_state_kept_elsewhere(tiny_head, tmp_path,
+                                                                 monkeypatch, capsys):
+    """The checkpoint write at iteration 5 hits a full disk: the run stops with one message
+    naming the file, keeps its state in the temporary folder, and resuming from there ends
+    exactly where an uninterrupted run ends."""
+    import errno
+    import tempfile
+    import training.checkpoint as checkpoint_module
+    args = ["--iterations", "8", "--sh_degree", "0", "--global_warmup", "3",
+            "--densify_from_iter", "2", "--densification_interval", "3",
+            "--test_iterations", "-1", "--save_iterations", "8", "--checkpoint_minutes", "0"]
+    straight = trainer(tiny_head, tmp_path / "a", *args)
+    straight.run()
+    model = tmp_path / "b"
+    real_save = torch.save
+
+    def full_disk(obj, path, *a, **k):
+        if Path(path).parent == model:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "spare"))
+    (tmp_path / "spare").mkdir()
+    failing = trainer(tiny_head, model, *args, "--checkpoint_iterations", "5")
+    with pytest.raises(SystemExit) as info:
+        failing.run()
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "chkpnt5.pth: the disk is full" in err and "--start_checkpoint" in err
+    assert not list(model.glob("*.pth")) and not list(model.glob(".*tmp*"))
+    rescue = next((tmp_path / "spare").glob("stga_rescue_b_5.pth"))
+    monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
+    resumed = trainer(tiny_head, model, *args, "--start_checkpoint", str(rescue))
+    resumed.run()
+    for name in straight.model.params:
+        assert torch.equal(resumed.model.params[name], straight.model.params[name]), name

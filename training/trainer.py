@@ -8,8 +8,10 @@ resumable checkpoints (parameters, optimiser, schedule, random state, error map)
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -37,9 +39,12 @@ from training.progress import ProgressLog
 from training.regularisation import local_regularisation
 from training.schedule import Step, TrainingSchedule
 from training.selective_adam import SelectiveAdam
+from utils import fused
 from utils.image_metrics import masked_psnr, masked_ssim, psnr, ssim
+from utils.atomic import disk_full
 from utils.images import composite_rgba
 from utils.regions import MIN_REGION_PIXELS, REGIONS, RegionMapError, RegionMaps
+
 
 def position_lr(args: argparse.Namespace, iteration: int, extent: float) -> float:
     """Log-linear decay from position_lr_init to position_lr_final (times the scene extent)."""
@@ -55,12 +60,24 @@ def scene_extent(dataset: StgaDataset) -> float:
     return float(max(radius, 1e-3) * 1.1)
 
 
+#: Bytes per Gaussian of a saved PLY (73 float32 fields and the face index) and of a checkpoint
+#: (59 parameters with two Adam moments each, and the step counts).
+PLY_BYTES_PER_GAUSSIAN = 73 * 4 + 4
+CHECKPOINT_BYTES_PER_GAUSSIAN = 59 * 3 * 4 + 6 * 8
+GROWTH = 2.0   # densification rarely doubles the count (demo: 1.5x; demo-large: 1.1x)
+
+
+class OutputSpaceError(RuntimeError):
+    """The model folder's disk lacks the space the run's outputs will need."""
+
+
 class Trainer:
     """One training run: data, model, optimiser, schedule and the iteration loop."""
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
         set_threads(args.threads)
+        fused.set_enabled(args.fused != "off" and fused.ENVIRONMENT_ALLOWS)
         self.device = torch.device(args.device)
         self.model_dir = model_path_for(args)
         self.log = (lambda *a: None) if args.quiet else print
@@ -374,13 +391,47 @@ class Trainer:
             raise KeyboardInterrupt
         self.stop_requested = True
 
+    def expected_output_bytes(self, saves: int, checkpoints: int) -> int:
+        """What the run will write, about: its PLYs and checkpoints at twice today's count."""
+        n = GROWTH * self.model.num_gaussians
+        return int(n * (saves * PLY_BYTES_PER_GAUSSIAN
+                        + checkpoints * CHECKPOINT_BYTES_PER_GAUSSIAN))
+
+    def _check_space(self, saves: int, checkpoints: int) -> None:
+        need = self.expected_output_bytes(saves, checkpoints)
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.model_dir).free
+        if free < need:
+            raise OutputSpaceError(
+                f"{self.model_dir}: {free / 2**20:.0f} MiB free, but the run will write about "
+                f"{need / 2**20:.0f} MiB ({saves} PLYs, {checkpoints} checkpoints); free space, "
+                f"save less often (--save_iterations, --checkpoint_iterations) or choose another "
+                f"-m")
+
+    def _rescue(self, iteration: int, failure: OSError) -> None:
+        """A write failed for lack of space: keep the state elsewhere if possible, and stop with
+        one message (the previous outputs are intact: every write is atomic)."""
+        rescue = Path(tempfile.gettempdir()) / f"stga_rescue_{self.model_dir.name}_{iteration}.pth"
+        try:
+            self.save_checkpoint(iteration, rescue)
+            kept = (f"the training state is saved in {rescue}; free space, then resume with "
+                    f"--start_checkpoint {rescue}")
+        except OSError:
+            rescue.unlink(missing_ok=True)
+            kept = ("the state could not be saved elsewhere either; resume from the last "
+                    "checkpoint in the model folder")
+        print(f"\nerror: {failure}; stopped at iteration {iteration}: {kept}", file=sys.stderr)
+        raise SystemExit(1)
+
     def run(self) -> None:
         a = self.args
-        save_config(self.model_dir, a)
         last = a.iterations
         tests = set(a.test_iterations) | {last}
         saves = set(a.save_iterations) | {last}
         checkpoints = set(a.checkpoint_iterations)
+        self._check_space(len([s for s in saves if s >= self.first_iteration]),
+                          len(checkpoints) + (1 if a.checkpoint_minutes > 0 else 0))
+        save_config(self.model_dir, a)
         side_work = tests | saves | checkpoints
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         bar = tqdm(range(self.first_iteration, last + 1), desc="Training", disable=a.quiet,
@@ -402,17 +453,24 @@ class Trainer:
                 if iteration in side_work and self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)   # the step's queued work is training
                 side = self.side_start = time.perf_counter()
-                if iteration in tests:
-                    self.progress.add(iteration, self.training_seconds(side),
-                                      self.model.num_gaussians, self.evaluate(iteration))
-                if iteration in saves:
-                    self.log(f"\n[ITER {iteration}] Saved {self.save_model(iteration)}")
-                if iteration in checkpoints:
-                    self.log(f"\n[ITER {iteration}] Checkpoint {self.save_checkpoint(iteration)}")
-                if rolling_every > 0 and iteration < last and \
-                        self.training_seconds(side) >= next_rolling:
-                    self.save_checkpoint(iteration, rolling)
-                    next_rolling = self.training_seconds(side) + rolling_every
+                try:
+                    if iteration in tests:
+                        self.progress.add(iteration, self.training_seconds(side),
+                                          self.model.num_gaussians, self.evaluate(iteration))
+                    if iteration in saves:
+                        self.log(f"\n[ITER {iteration}] Saved {self.save_model(iteration)}")
+                    if iteration in checkpoints:
+                        self.log(f"\n[ITER {iteration}] Checkpoint "
+                                 f"{self.save_checkpoint(iteration)}")
+                    if rolling_every > 0 and iteration < last and \
+                            self.training_seconds(side) >= next_rolling:
+                        self.save_checkpoint(iteration, rolling)
+                        next_rolling = self.training_seconds(side) + rolling_every
+                except OSError as exc:
+                    if not disk_full(exc):
+                        raise
+                    bar.close()
+                    self._rescue(iteration, exc)
                 self.side_seconds += time.perf_counter() - side
                 if self.stop_requested:
                     path = self.save_checkpoint(iteration)

@@ -1,15 +1,29 @@
 """Atomic file writes: write to a temporary file in the same folder, then rename over the target.
 
-An interrupted run never leaves a truncated model, checkpoint or cache behind.
+An interrupted run never leaves a truncated model, checkpoint or cache behind, and a write that
+fails for lack of space raises ``DiskFullError`` naming the file it was writing.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
+
+
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space; the message names the file that was being written."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is an OSError for lack of disk space (or quota)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
 
 
 @contextlib.contextmanager
@@ -28,6 +42,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(exc.errno, f"{path}: the disk is full (the previous version, "
+                                           f"if any, is intact)") from exc
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -9,25 +9,30 @@ only for CUDA tensors when :func:`available` is True.
 The extension is compiled on first use with ``torch.utils.cpp_extension.load`` (needs ``nvcc``
 and ninja, about a minute, cached under ``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``). If it cannot be built, :func:`available` warns once with the
-reason and returns False, and training uses the PyTorch code. ``STGA_NO_FUSED=1`` turns the
-kernels off (for A/B comparisons).
+reason and returns False, and training uses the PyTorch code. ``train.py --fused off`` (or
+:func:`set_enabled`, or :func:`disabled` in tests) turns the kernels off for A/B comparisons;
+``STGA_NO_FUSED=1`` does the same, read once when this module is imported.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["available", "ext", "load_error"]
+__all__ = ["available", "disabled", "enabled", "ext", "load_error", "set_enabled"]
 
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 _SOURCES = ("bindings.cpp", "checks.cpp", "loss.cu", "adam.cu", "pose.cu")
 _NAME = "stga_fused_training_ops"
 
 _lock = threading.Lock()
+#: Whether the environment allows the kernels (``STGA_NO_FUSED=1`` does not), read once.
+ENVIRONMENT_ALLOWS = os.environ.get("STGA_NO_FUSED", "") != "1"
+_enabled = ENVIRONMENT_ALLOWS
 _module = None
 _error: Optional[str] = None
 _tried = False
@@ -59,9 +64,11 @@ def _build():
 def available() -> bool:
     """True when the fused kernels can be used (a CUDA device, and the extension builds)."""
     global _module, _error, _tried
+    if not _enabled:
+        return False
     if _tried:
         return _module is not None
-    if os.environ.get("STGA_NO_FUSED", "") == "1" or not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         return False
     with _lock:
         if not _tried:
@@ -76,11 +83,34 @@ def available() -> bool:
     return _module is not None
 
 
+def set_enabled(flag: bool) -> None:
+    """Use the fused kernels when they are available (True) or never (False)."""
+    global _enabled
+    _enabled = bool(flag)
+
+
+def enabled() -> bool:
+    """Whether the kernels are switched on (they may still be unavailable: see available)."""
+    return _enabled
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """The PyTorch code paths for the duration of the block (the kernels' test oracle)."""
+    before = _enabled
+    set_enabled(False)
+    try:
+        yield
+    finally:
+        set_enabled(before)
+
+
 def ext():
     """The compiled module (call :func:`available` first)."""
     if not available():
         raise RuntimeError("the fused CUDA training kernels are unavailable: "
-                           + (_error or "no CUDA device, or STGA_NO_FUSED=1"))
+                           + (_error or "no CUDA device, or switched off (--fused off, "
+                                        "STGA_NO_FUSED=1)"))
     return _module
 
 
