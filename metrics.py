@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import utils.threads  # noqa: F401 - before torch, which reads the OpenMP wait policy once
+import utils.threads  # noqa: F401 - before torch, which reads OpenMP's waiting settings once
 import cv2
 import numpy as np
 import torch

@@ -1,7 +1,8 @@
 """Render a trained STGA model over every split of its dataset, next to the ground truth.
 
     python render.py -m <model folder> [--iteration N] [--skip_train] [--skip_val] [--skip_test]
-                     [--video [--fps F]] [--orbit N [--orbit_frame K]] [--export_ply K [K ...] | all]
+                     [--video [--fps F]] [--orbit N [--orbit_frame K]]
+                     [--export_ply K [K ...] | all]
 
 Writes ``<model>/<split>/ours_<iteration>/renders/<image name>.png`` and ``.../gt/...``, which
 metrics.py then scores. With ``--video``, also one mp4 per camera of each split in
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import utils.threads  # noqa: F401 - before torch, which reads the OpenMP wait policy once
+import utils.threads  # noqa: F401 - before torch, which reads OpenMP's waiting settings once
 import cv2
 import imageio_ffmpeg
 import numpy as np

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import utils.threads  # noqa: F401 - before torch, which reads the OpenMP wait policy once
+import utils.threads  # noqa: F401 - before torch, which reads OpenMP's waiting settings once
 from arguments import (DEFAULT_ITERATIONS, DEMO_ITERATIONS, add_model_args,
-                       add_optimization_args, add_pipeline_args, check_output_folder, model_path_for,
-                       torch_device)
+                       add_optimization_args, add_pipeline_args, check_output_folder,
+                       model_path_for, torch_device)
 from scene import DEMO_SOURCE, builtin_variant
 from scene.errors import DatasetError
 from training.lock import FolderLock, FolderLockedError
