@@ -31,21 +31,22 @@ sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
 
+# Every arm names the selective options explicitly, so that it stays the same arm when
+# train.py's defaults change. "paper" is the schedule of the authors' code (a global frame in 20).
+PAPER = ["--order", "frames", "--selection", "paper"]
 ARMS = {
-    "plain": ["--order", "random", "--selection", "none"],
-    "grouped": ["--order", "frames", "--selection", "none"],
-    "paper": ["--order", "frames", "--selection", "paper"],
-    "paper-reset": ["--order", "frames", "--selection", "paper",
+    "plain": ["--order", "random", "--selection", "none", "--no-crop_local_steps"],
+    "grouped": ["--order", "frames", "--selection", "none", "--no-crop_local_steps"],
+    "paper": [*PAPER, "--global_every", "20", "--no-crop_local_steps"],
+    "paper-reset": [*PAPER, "--global_every", "20", "--no-crop_local_steps",
                     "--opacity_reset_in_selective_stage"],
-    "paper-crop": ["--order", "frames", "--selection", "paper", "--crop_local_steps"],
+    "paper-crop": [*PAPER, "--global_every", "20", "--crop_local_steps"],
     # the variants of the study: half the frames global, crops, a static fit, selection by error
-    "ge2-crop": ["--order", "frames", "--selection", "paper", "--crop_local_steps",
-                 "--global_every", "2"],
-    "ge2-crop-error": ["--order", "frames", "--selection", "paper", "--crop_local_steps",
-                       "--global_every", "2", "--error_faces", "0.1"],
-    "ge2-crop-error-static": ["--order", "frames", "--selection", "paper", "--crop_local_steps",
-                              "--global_every", "2", "--error_faces", "0.1", "--static_fit",
-                              "1000"],
+    "ge2": [*PAPER, "--global_every", "2", "--no-crop_local_steps"],
+    "ge2-crop": [*PAPER, "--global_every", "2", "--crop_local_steps"],
+    "ge2-crop-error": [*PAPER, "--global_every", "2", "--crop_local_steps", "--error_faces", "0.1"],
+    "ge2-crop-error-static": [*PAPER, "--global_every", "2", "--crop_local_steps",
+                              "--error_faces", "0.1", "--static_fit", "1000"],
 }
 METRICS = ("PSNR", "PSNR_mouth", "PSNR_eyes", "SSIM", "SSIM_mouth", "SSIM_eyes")
 LABELS = {"PSNR": "PSNR", "PSNR_mouth": "mouth PSNR", "PSNR_eyes": "eyes PSNR", "SSIM": "SSIM",

@@ -591,3 +591,11 @@ def test_a_full_disk_stops_the_run_with_its_state_kept_elsewhere(tiny_head, tmp_
     resumed.run()
     for name in straight.model.params:
         assert torch.equal(resumed.model.params[name], straight.model.params[name]), name
+
+
+def test_crops_default_to_on_for_the_cpu_only(tiny_head):
+    parse = lambda *extra: train.resolve_defaults(train.build_parser().parse_args(
+        ["-s", str(tiny_head), "--device", "cpu", *extra]))
+    assert parse().crop_local_steps is True
+    assert parse("--no-crop_local_steps").crop_local_steps is False
+    assert parse().global_every == 2
