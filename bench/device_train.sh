@@ -2,20 +2,30 @@
 # On a GPU machine (repo root as cwd): the whole test suite, the demo trained/rendered/scored on
 # the GPU, and the selection ablation. Wheels for missing packages are taken from .whl/.
 #
-#   bash bench/device_train.sh [tests] [cudatests] [head] [demo] [demo_ab]
-#                              [ablation ITERATIONS ...] [train_step] [run50k]
+#   bash bench/device_train.sh [--work DIR] [--out DIR] [tests] [cudatests] [head] [demo]
+#                              [demo_ab] [ablation ITERATIONS ...] [train_step] [run50k]
+# --work DIR: scratch folder for builds, the data cache, wheels and models (default /tmp);
+# --out DIR: where logs and results go (default $OUT, else <work>/stga_out).
 # cudatests: the CUDA-marked tests one file at a time (a crash names its file); demo_ab: the demo
 # trained with and without the fused kernels (quality check); run50k: the wall-clock of a
 # paper-length train.py run on bench/train_step.py's dataset; head: the realistic head's large
 # variant (-s demo-large) generated on the GPU into the cache, timed (later stages reuse it).
 set -u
-OUT=${OUT:-/tmp/stga_out}
-mkdir -p "$OUT"
+WORK=/tmp
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --work) WORK=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
+OUT=${OUT:-$WORK/stga_out}
+mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-export TORCH_EXTENSIONS_DIR=/tmp/torch_ext STGA_CACHE=/tmp/stga_cache
+export TORCH_EXTENSIONS_DIR=$WORK/torch_ext STGA_CACHE=$WORK/stga_cache
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+    --target "$WORK/site" .whl/*.whl && export PYTHONPATH=$WORK/site
 fi
 export PYTHONPATH=$PWD/submodules/diff-gaussian-rasterization:$PWD/submodules/simple-knn:${PYTHONPATH:-}
 say() { echo "=== $(date +%T) $*"; }
@@ -45,7 +55,7 @@ print(ensure_head_dataset('large'), f'{time.perf_counter() - t:.1f} s in the gen
     demo_ab)
       say "demo with and without the fused kernels"
       for fused in 1 0; do
-        name=/tmp/gpu_demo_fused$fused
+        name=$WORK/gpu_demo_fused$fused
         flag=auto; [ $fused = 0 ] && flag=off
         /usr/bin/time -f "wall %e s" python3 train.py -s demo -m $name --fused $flag \
           > "$name.txt" 2>&1
@@ -57,18 +67,18 @@ import sys; sys.path.insert(0, 'bench')
 import train_step as t
 print(t.prepare_dataset(t.build_parser().parse_args([])))" | tail -1)
       say "train.py, 50000 iterations on $data"
-      /usr/bin/time -f "run50k wall %e s" python3 train.py -s "$data" -m /tmp/run50k \
+      /usr/bin/time -f "run50k wall %e s" python3 train.py -s "$data" -m "$WORK/run50k" \
         --iterations 50000 > "$OUT/run50k.txt" 2>&1
       tr '\r' '\n' < "$OUT/run50k.txt" | grep -E "ITER|wall|done|Initialised|images in" ;;
     demo)
       say "demo: train / render / metrics on the GPU"
-      /usr/bin/time -f "train wall %e s" python3 train.py -s demo -w -m /tmp/gpu_demo --quiet 2>&1 | tail -5
-      python3 render.py -m /tmp/gpu_demo --quiet && python3 metrics.py -m /tmp/gpu_demo --masks --quiet 2>&1 | tail -8
-      cp /tmp/gpu_demo/results.json "$OUT/demo_results.json" ;;
+      /usr/bin/time -f "train wall %e s" python3 train.py -s demo -w -m "$WORK/gpu_demo" --quiet 2>&1 | tail -5
+      python3 render.py -m "$WORK/gpu_demo" --quiet && python3 metrics.py -m "$WORK/gpu_demo" --masks --quiet 2>&1 | tail -8
+      cp "$WORK/gpu_demo/results.json" "$OUT/demo_results.json" ;;
     ablation)
       shift; its=$1
       say "ablation at $its iterations"
-      python3 bench/ablation.py --iterations "$its" --out "/tmp/ablation_$its" 2>&1 | tail -12 | tee "$OUT/ablation_$its.txt" ;;
+      python3 bench/ablation.py --iterations "$its" --out "$WORK/ablation_$its" 2>&1 | tail -12 | tee "$OUT/ablation_$its.txt" ;;
     train_step)
       say "training step, phase by phase"
       python3 bench/train_step.py --json "$OUT/train_step.json" 2>&1 | tail -40 | tee "$OUT/train_step.txt" ;;
