@@ -201,7 +201,7 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> None:
                         "default: a reset clamps every Gaussian, but in selective steps only the "
                         "selected ones can recover, the rest stay nearly transparent until a "
                         "global frame trains them (measured: -2.3 to -2.8 dB)")
-    d.add_argument("--max_screen_size", type=float, default=20.0,
+    d.add_argument("--max_screen_size", type=non_negative_float, default=20.0,
                    help="after the first --opacity_reset_interval, densification also prunes "
                         "Gaussians whose screen radius exceeded this many pixels since the last "
                         "densification, or whose world size exceeds 0.1 of the scene extent "

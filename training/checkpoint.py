@@ -33,8 +33,9 @@ def dataset_fingerprint(dataset: StgaDataset) -> str:
         h.update(f"{cam.image_name}|{cam.keyframe}|{cam.width}x{cam.height}|".encode())
         h.update(np.round(np.asarray(cam.K, np.float64), 6).tobytes())
         h.update(np.round(np.asarray(cam.world_to_camera, np.float64), 6).tobytes())
-    h.update(str(dataset.meshes.shape).encode())
-    h.update(np.round(np.asarray(dataset.meshes, np.float64), 5).tobytes())
+    meshes = np.ascontiguousarray(dataset.meshes, dtype=np.float32)
+    h.update(str(meshes.shape).encode())
+    h.update(memoryview(meshes).cast("B"))      # hashed in place: no copy of the meshes
     return h.hexdigest()[:16]
 
 
