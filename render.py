@@ -324,18 +324,17 @@ def render_orbit(model: GaussianModel, dataset: StgaDataset, meshes: torch.Tenso
                  background: torch.Tensor, out: Path, keyframe: int,
                  args: argparse.Namespace) -> Path:
     cameras = orbit_cameras(dataset, keyframe, args.orbit)
-    frames_dir = out / "frames"
-    frames_dir.mkdir(parents=True, exist_ok=True)
-    for stale in frames_dir.glob("[0-9][0-9][0-9][0-9].png"):  # from a longer earlier orbit
-        stale.unlink()
     world = model.world(face_frames(meshes[dataset.mesh_row(keyframe)]))
     fill = tuple(int(round(float(v) * 255)) for v in background.tolist())
-    with VideoFile(out / "orbit.mp4", args.fps, fill) as video:
-        for cam in tqdm(cameras, desc=f"Orbit at keyframe {keyframe}", disable=args.quiet,
-                        unit="view"):
-            image = to_uint8(render(cam, world, background, backend=args.backend)["render"])
-            write_png(frames_dir / f"{cam.image_name}.png", image)
-            video.write(image)
+    # written beside and swapped in whole, like the split folders (no frames of an older orbit)
+    with atomic_folder(out, overwrite=True) as tmp:
+        (tmp / "frames").mkdir()
+        with VideoFile(tmp / "orbit.mp4", args.fps, fill) as video:
+            for cam in tqdm(cameras, desc=f"Orbit at keyframe {keyframe}", disable=args.quiet,
+                            unit="view"):
+                image = to_uint8(render(cam, world, background, backend=args.backend)["render"])
+                write_png(tmp / "frames" / f"{cam.image_name}.png", image)
+                video.write(image)
     if not args.quiet:
         print(f"orbit: {len(cameras)} views at keyframe {keyframe} -> {out / 'orbit.mp4'}")
     return out / "orbit.mp4"

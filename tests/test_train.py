@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -599,3 +600,34 @@ def test_crops_default_to_on_for_the_cpu_only(tiny_head):
     assert parse().crop_local_steps is True
     assert parse("--no-crop_local_steps").crop_local_steps is False
     assert parse().global_every == 2
+
+
+def test_a_killed_training_resumes_from_its_rolling_checkpoint(tiny_head, tmp_path):
+    """SIGKILL mid-run (no handler runs): the rolling checkpoint left behind is whole (atomic
+    writes) and the run resumes from it to the end."""
+    model = tmp_path / "m"
+    args = ["-s", str(tiny_head), "-m", str(model), "--device", "cpu", "--quiet",
+            "--iterations", "100000", "--sh_degree", "0", "--test_iterations", "-1",
+            "--checkpoint_minutes", "0.002", "--no-densify"]
+    paths = [str(ROOT / "submodules" / s) for s in ("diff-gaussian-rasterization", "simple-knn")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = model / "chkpnt_latest.pth"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not latest.exists():
+            time.sleep(0.5)
+        time.sleep(1.0)                          # let it write a few more, then kill it mid-run
+    finally:
+        proc.kill()
+        proc.wait()
+    assert latest.exists(), "no rolling checkpoint was written"
+    state = torch.load(latest, weights_only=True)
+    killed_at = int(state["iteration"])
+    assert killed_at >= 1
+    resumed = trainer(tiny_head, model, "--iterations", str(killed_at + 5), "--sh_degree", "0",
+                      "--test_iterations", "-1", "--no-densify", "--start_checkpoint", str(latest))
+    assert resumed.first_iteration == killed_at + 1
+    resumed.run()
+    assert (model / "point_cloud" / f"iteration_{killed_at + 5}" / "point_cloud.ply").is_file()
