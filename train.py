@@ -64,9 +64,10 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.densify_until_iter = args.iterations // 2
     if args.checkpoint_minutes < 0:
         raise ValueError(f"--checkpoint_minutes must be 0 or more, got {args.checkpoint_minutes}")
-    args.device = str(torch_device(args.device))
+    device = torch_device(args.device)
+    args.device = str(device)
     if args.crop_local_steps is None:   # on where crops were measured to pay: the CPU
-        args.crop_local_steps = torch_device(args.device).type == "cpu"
+        args.crop_local_steps = device.type == "cpu"
     if builtin_variant(args.source_path) is None:   # kept in cfg_args.json: any folder works
         args.source_path = str(Path(args.source_path).resolve())
     return args
